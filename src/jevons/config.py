@@ -1,0 +1,158 @@
+"""Configuration: one TOML file, every key overridable by a ``JEVONS_*`` environment variable.
+
+The file is ``$JEVONS_CONFIG`` if set, else ``./jevons.toml`` if present; no file means all
+defaults (the embedded, offline setup). An environment variable names a key by its path with
+``__`` between levels: ``JEVONS_PRICES__TTL_SECONDS=600``, ``JEVONS_LEDGER__BACKEND=postgres``,
+``JEVONS_SINKS__LAGO__URL=...``. Values from the environment are parsed as TOML values when
+they parse (numbers, booleans, arrays), else taken as strings.
+
+State (price cache, ledger) lives in ``JEVONS_HOME``, default the platform's user data dir.
+Secrets are never config values: a sink names the environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Settings",
+    "PricesConfig",
+    "LedgerConfig",
+    "SinkConfig",
+    "BillingConfig",
+    "ConfigError",
+    "load_settings",
+    "jevons_home",
+]
+
+ENV_PREFIX = "JEVONS_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file (or variable) and key that caused it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PricesConfig(_Section):
+    openrouter_url: str = "https://openrouter.ai"
+    bedrock_url: str = "https://pricing.us-east-1.amazonaws.com"
+    sources: list[Literal["openrouter", "bedrock"]] = ["openrouter", "bedrock"]
+    auto_refresh: bool = False
+    ttl_seconds: float = 3600.0
+    http_timeout_seconds: float = 30.0
+    max_move_factor: Decimal = Decimal(5)
+    overrides_file: str | None = None
+    fallback_model: str | None = None
+
+
+class LedgerConfig(_Section):
+    backend: Literal["sqlite", "postgres", "memory"] = "sqlite"
+    path: str | None = None
+    dsn: str | None = None
+    dsn_env: str | None = None
+    durability: Literal["strict", "fast"] = "strict"
+
+
+class SinkConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["lago", "stripe", "openmeter", "jsonl", "webhook"]
+    url: str | None = None
+    path: str | None = None
+    api_key_env: str | None = None
+    secret_env: str | None = None
+    mode: Literal["token", "price"] = "token"
+    batch_size: int = 100
+    enabled: bool = True
+
+
+class BillingConfig(_Section):
+    markup: Decimal = Decimal("1.0")
+    policy_file: str | None = None
+
+
+class Settings(_Section):
+    home: str | None = None
+    prices: PricesConfig = Field(default_factory=PricesConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+    billing: BillingConfig = Field(default_factory=BillingConfig)
+    source_file: str | None = None
+
+    @property
+    def home_dir(self) -> Path:
+        return jevons_home(self.home)
+
+
+def jevons_home(explicit: str | None = None) -> Path:
+    """Where state lives: ``JEVONS_HOME``, the config's ``home``, or the user data dir."""
+    raw = os.environ.get("JEVONS_HOME") or explicit
+    path = Path(raw).expanduser() if raw else Path(platformdirs.user_data_dir("jevons"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("JEVONS_CONFIG",):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        if path == ["home"]:
+            data["home"] = raw
+            continue
+        if len(path) == 1:
+            continue  # single-level JEVONS_* variables belong to tools, not config keys
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {'.'.join(path[:-1])} is not a table")
+            node = child
+        node[path[-1]] = _env_value(raw)
+
+
+def load_settings(
+    path: str | Path | None = None, *, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read the config file (if any) and the environment into validated ``Settings``."""
+    env = dict(os.environ if environ is None else environ)
+    chosen = Path(path) if path else Path(env["JEVONS_CONFIG"]) if env.get("JEVONS_CONFIG") else None
+    if chosen is None and Path("jevons.toml").is_file():
+        chosen = Path("jevons.toml")
+    data: dict[str, Any] = {}
+    if chosen is not None:
+        try:
+            data = tomllib.loads(chosen.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{chosen}: config file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{chosen}: {exc}") from exc
+    _overlay_env(data, env)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        where = str(chosen) if chosen else "environment"
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: {loc}: {first['msg']}") from exc
+    settings.source_file = str(chosen) if chosen else None
+    return settings

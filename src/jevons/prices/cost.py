@@ -1,0 +1,236 @@
+"""Usage x price -> Cost, exactly.
+
+The usage is split into disjoint billing buckets so that every token is priced once:
+
+- input: ``cache_read`` / ``cache_write_5m`` / ``cache_write_1h`` at their cache rates; of the
+  uncached rest, ``audio_input`` and ``image_input`` at their modality rates, the remainder
+  at the ``input`` rate;
+- output: ``reasoning`` at its own rate when the model publishes a distinct one (otherwise it
+  stays in the ``output`` line, which is how providers bill it), ``audio_output`` and
+  ``image_output`` at their modality rates, the remainder at the ``output`` rate;
+- ``request`` (per call) and ``web_search`` (per search) where the model has such a price.
+
+A bucket whose own price is missing falls back along a documented chain (cache read/write ->
+input, 1h write -> 5m write -> input, audio/image -> input/output). A fallback makes the cost
+``estimated``. A bucket with tokens and no price at all (``input``/``output`` missing, or web
+searches without a search price) makes the cost ``unpriced``: its total is ``None``, never $0.
+No value is rounded here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from jevons.prices.model import Dim, PriceVersion
+from jevons.usage import Usage
+
+__all__ = ["Cost", "CostLine", "CostStatus", "price_usage", "unpriced_cost"]
+
+CostStatus = Literal["priced", "estimated", "unpriced"]
+
+_ZERO = Decimal(0)
+
+# bucket -> fallback chain (first present rate wins; any but the first makes it estimated)
+_CHAINS: dict[Dim, tuple[Dim, ...]] = {
+    Dim.CACHE_READ: (Dim.CACHE_READ, Dim.INPUT),
+    Dim.CACHE_WRITE_5M: (Dim.CACHE_WRITE_5M, Dim.INPUT),
+    Dim.CACHE_WRITE_1H: (Dim.CACHE_WRITE_1H, Dim.CACHE_WRITE_5M, Dim.INPUT),
+    Dim.AUDIO_INPUT: (Dim.AUDIO_INPUT, Dim.INPUT),
+    Dim.IMAGE_INPUT: (Dim.IMAGE_INPUT, Dim.INPUT),
+    Dim.INPUT: (Dim.INPUT,),
+    Dim.OUTPUT: (Dim.OUTPUT,),
+    Dim.REASONING: (Dim.REASONING,),
+    Dim.AUDIO_OUTPUT: (Dim.AUDIO_OUTPUT, Dim.OUTPUT),
+    Dim.IMAGE_OUTPUT: (Dim.IMAGE_OUTPUT, Dim.OUTPUT),
+    Dim.WEB_SEARCH: (Dim.WEB_SEARCH,),
+    Dim.REQUEST: (Dim.REQUEST,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CostLine:
+    """One disjoint billing bucket: ``usd = tokens * usd_per_token`` exactly."""
+
+    dimension: str
+    tokens: int
+    usd_per_token: Decimal
+    usd: Decimal
+    priced_as: str | None = None  # the dimension whose rate was used, when it is a fallback
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dimension": self.dimension,
+            "tokens": self.tokens,
+            "usd_per_token": str(self.usd_per_token),
+            "usd": str(self.usd),
+        }
+        if self.priced_as:
+            out["priced_as"] = self.priced_as
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CostLine:
+        return cls(
+            d["dimension"], int(d["tokens"]), Decimal(d["usd_per_token"]), Decimal(d["usd"]),
+            d.get("priced_as"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one call (or one usage) cost, and which price said so."""
+
+    model_requested: str
+    model: str | None
+    provider: str | None
+    status: CostStatus
+    total_usd: Decimal | None
+    lines: tuple[CostLine, ...] = ()
+    price_version: str | None = None
+    source: str | None = None
+    as_of: datetime | None = None
+    service_tier: str = "standard"
+    region: str | None = None
+    tier_threshold: int | None = None
+    missing: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def is_priced(self) -> bool:
+        return self.total_usd is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_requested": self.model_requested,
+            "model": self.model,
+            "provider": self.provider,
+            "status": self.status,
+            "total_usd": None if self.total_usd is None else str(self.total_usd),
+            "lines": [line.to_dict() for line in self.lines],
+            "price_version": self.price_version,
+            "source": self.source,
+            "as_of": self.as_of.isoformat() if self.as_of else None,
+            "service_tier": self.service_tier,
+            "region": self.region,
+            "tier_threshold": self.tier_threshold,
+            "missing": list(self.missing),
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cost:
+        total = d.get("total_usd")
+        as_of = d.get("as_of")
+        return cls(
+            model_requested=d["model_requested"],
+            model=d.get("model"),
+            provider=d.get("provider"),
+            status=d["status"],
+            total_usd=None if total is None else Decimal(total),
+            lines=tuple(CostLine.from_dict(x) for x in d.get("lines", ())),
+            price_version=d.get("price_version"),
+            source=d.get("source"),
+            as_of=datetime.fromisoformat(as_of) if as_of else None,
+            service_tier=d.get("service_tier", "standard"),
+            region=d.get("region"),
+            tier_threshold=d.get("tier_threshold"),
+            missing=tuple(d.get("missing", ())),
+            notes=tuple(d.get("notes", ())),
+        )
+
+
+def unpriced_cost(
+    model_requested: str, *, provider: str | None = None, note: str, model: str | None = None
+) -> Cost:
+    """The cost of a call jevons cannot price: kept, flagged, re-priceable; never $0."""
+    return Cost(model_requested, model, provider, "unpriced", None, notes=(note,))
+
+
+def price_usage(
+    version: PriceVersion,
+    usage: Usage,
+    *,
+    model_requested: str,
+    as_of: datetime | None,
+    status_floor: CostStatus = "priced",
+    notes: tuple[str, ...] = (),
+) -> Cost:
+    """Price ``usage`` with ``version`` (long-context tier chosen by total input tokens)."""
+    rates, threshold = version.rates_for(usage.input_tokens)
+    buckets: list[tuple[Dim, int]] = []
+    uncached = usage.uncached_input_tokens
+    audio_in = min(usage.audio_input_tokens, uncached)
+    image_in = min(usage.image_input_tokens, uncached - audio_in)
+    text_in = uncached - audio_in - image_in
+    distinct_reasoning = Dim.REASONING in rates
+    reasoning = usage.reasoning_tokens if distinct_reasoning else 0
+    text_out = usage.output_tokens - reasoning - usage.audio_output_tokens - usage.image_output_tokens
+    buckets = [
+        (Dim.INPUT, text_in),
+        (Dim.CACHE_READ, usage.cache_read_tokens),
+        (Dim.CACHE_WRITE_5M, usage.cache_write_5m_tokens),
+        (Dim.CACHE_WRITE_1H, usage.cache_write_1h_tokens),
+        (Dim.AUDIO_INPUT, audio_in),
+        (Dim.IMAGE_INPUT, image_in),
+        (Dim.OUTPUT, text_out),
+        (Dim.REASONING, reasoning),
+        (Dim.AUDIO_OUTPUT, usage.audio_output_tokens),
+        (Dim.IMAGE_OUTPUT, usage.image_output_tokens),
+        (Dim.WEB_SEARCH, usage.web_search_requests),
+    ]
+    lines: list[CostLine] = []
+    missing: list[str] = []
+    estimated = False
+    total = _ZERO
+    for dim, count in buckets:
+        if not count:
+            continue
+        rate: Decimal | None = None
+        used = dim
+        for candidate in _CHAINS[dim]:
+            rate = rates.get(candidate)
+            if rate is not None:
+                used = candidate
+                break
+        if rate is None:
+            missing.append(dim.value)
+            continue
+        usd = rate * count
+        total += usd
+        if used is not dim:
+            estimated = True
+            lines.append(CostLine(dim.value, count, rate, usd, used.value))
+        else:
+            lines.append(CostLine(dim.value, count, rate, usd))
+    request_rate = rates.get(Dim.REQUEST)
+    if request_rate is not None and usage.requests:
+        usd = request_rate * usage.requests
+        total += usd
+        lines.append(CostLine(Dim.REQUEST.value, usage.requests, request_rate, usd))
+    status: CostStatus
+    if missing:
+        status = "unpriced"
+        notes = (*notes, f"no price for {', '.join(missing)}")
+    elif estimated or status_floor == "estimated":
+        status = "estimated"
+    else:
+        status = "priced"
+    return Cost(
+        model_requested=model_requested,
+        model=version.model,
+        provider=version.provider,
+        status=status,
+        total_usd=None if missing else total,
+        lines=tuple(lines),
+        price_version=version.version_id,
+        source=version.source,
+        as_of=as_of,
+        service_tier=version.service_tier.value,
+        region=version.region,
+        tier_threshold=threshold,
+        missing=tuple(missing),
+        notes=notes,
+    )

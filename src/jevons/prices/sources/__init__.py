@@ -1,0 +1,1 @@
+"""jevons.prices.sources."""
