@@ -48,7 +48,7 @@ class _SharedDataHandler(http.server.SimpleHTTPRequestHandler):
             return str(SHARED_DATA / "bedrock" / clean.strip("/"))
         return super().translate_path(path)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return None
 
 

@@ -35,10 +35,10 @@ __all__ = [
     "PriceVersion",
     "ServiceTier",
     "Usage",
+    "__version__",
     "cost",
     "default_book",
     "usage_from_response",
-    "__version__",
 ]
 
 _LAZY = {

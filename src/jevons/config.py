@@ -22,14 +22,14 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
-    "Settings",
-    "PricesConfig",
-    "LedgerConfig",
-    "SinkConfig",
     "BillingConfig",
     "ConfigError",
-    "load_settings",
+    "LedgerConfig",
+    "PricesConfig",
+    "Settings",
+    "SinkConfig",
     "jevons_home",
+    "load_settings",
 ]
 
 ENV_PREFIX = "JEVONS_"
@@ -56,14 +56,24 @@ class PricesConfig(_Section):
 
 
 class LedgerConfig(_Section):
+    """``[ledger]``: where events are stored and how durably (see docs/ledger.md)."""
+
     backend: Literal["sqlite", "postgres", "memory"] = "sqlite"
-    path: str | None = None
-    dsn: str | None = None
-    dsn_env: str | None = None
-    durability: Literal["strict", "fast"] = "strict"
+    path: str | None = None  # SQLite file; default $JEVONS_HOME/ledger/ledger.db
+    dsn: str | None = None  # PostgreSQL DSN without a password (use dsn_env for one with)
+    dsn_env: str | None = None  # name of the environment variable holding the DSN
+    durability: Literal["strict", "sync", "fast"] = "strict"
+    pg_schema: str = "public"
+    table_prefix: str = "jevons_"
+    flush_interval_ms: float = Field(default=5.0, gt=0)
+    recent_keys: int = Field(default=100_000, ge=0)
+    journal_dir: str | None = None  # default $JEVONS_HOME/ledger/journal
 
 
 class SinkConfig(BaseModel):
+    """``[sinks.<name>]``: one billing destination (see docs/ledger.md). Secrets are never
+    values here: ``api_key_env`` / ``secret_env`` name the environment variables holding them."""
+
     model_config = ConfigDict(extra="allow")
 
     type: Literal["lago", "stripe", "openmeter", "jsonl", "webhook"]
@@ -72,8 +82,17 @@ class SinkConfig(BaseModel):
     api_key_env: str | None = None
     secret_env: str | None = None
     mode: Literal["token", "price"] = "token"
-    batch_size: int = 100
+    batch_size: int = Field(default=100, ge=1)
     enabled: bool = True
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=60.0, ge=0)
+    metric_codes: dict[str, str] = Field(default_factory=dict)  # usage bucket -> Lago code / Stripe event
+    cost_metric_code: str = "llm_cost"
+    api_url: str | None = None  # Stripe: where meter event sessions are made (default: url)
+    source: str = "jevons"  # OpenMeter CloudEvents source
+    event_type: str = "llm.call"  # OpenMeter CloudEvents type
 
 
 class BillingConfig(_Section):

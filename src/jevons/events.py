@@ -16,7 +16,7 @@ from typing import Any, Literal
 from jevons.prices.cost import Cost
 from jevons.usage import Usage
 
-__all__ = ["Event", "AttemptStatus", "new_event_id"]
+__all__ = ["AttemptStatus", "Event", "new_event_id"]
 
 AttemptStatus = Literal["ok", "error", "aborted"]
 

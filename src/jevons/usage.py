@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["Usage", "USAGE_FIELDS"]
+__all__ = ["USAGE_FIELDS", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)

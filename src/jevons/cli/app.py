@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from jevons.cli import ledger as ledger_cli
 from jevons.cli import insight as insight_cli
+from jevons.cli import ledger as ledger_cli
 from jevons.cli import policy as policy_cli
 from jevons.cli import prices as prices_cli
 

@@ -1,7 +1,85 @@
-"""jevons.ledger: the durable event store behind ``Meter`` and the sinks' outbox."""
+"""jevons.ledger: the durable event store behind ``Meter`` and the sinks' outbox.
+
+- ``open_store(settings)``: the store ``Meter`` appends to on every call (an append log drained
+  into the database; ``append`` returns once the event survives the death of the process).
+- ``open_ledger(settings)``: the database itself (``SQLLedger``), for queries, re-pricing and
+  the outbox.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from jevons.ledger.base import EventQuery, EventStore, MemoryStore
 
-__all__ = ["EventQuery", "EventStore", "MemoryStore"]
+if TYPE_CHECKING:
+    from jevons.config import Settings
+    from jevons.ledger.database import SQLLedger
+
+__all__ = ["EventQuery", "EventStore", "MemoryStore", "open_ledger", "open_store", "resolve_dsn"]
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """The PostgreSQL DSN: from the variable named by ``ledger.dsn_env``, else ``ledger.dsn``."""
+    from jevons.config import ConfigError
+
+    cfg = settings.ledger
+    if cfg.dsn_env:
+        value = os.environ.get(cfg.dsn_env)
+        if not value:
+            raise ConfigError(f"ledger.dsn_env: environment variable {cfg.dsn_env} is not set")
+        return value
+    if cfg.dsn:
+        return cfg.dsn
+    raise ConfigError("ledger.backend = 'postgres' needs ledger.dsn or ledger.dsn_env")
+
+
+def open_ledger(settings: Settings | None = None) -> SQLLedger:
+    """The ledger database named by ``[ledger]`` (SQLite file by default)."""
+    from jevons.config import ConfigError, load_settings
+    from jevons.ledger.database import postgres_ledger, sqlite_ledger
+
+    settings = settings or load_settings()
+    cfg = settings.ledger
+    if cfg.backend == "postgres":
+        return postgres_ledger(resolve_dsn(settings), schema=cfg.pg_schema, prefix=cfg.table_prefix)
+    if cfg.backend == "memory":
+        raise ConfigError("ledger.backend = 'memory' has no database (events live in one process)")
+    path = Path(cfg.path).expanduser() if cfg.path else settings.home_dir / "ledger" / "ledger.db"
+    return sqlite_ledger(path, prefix=cfg.table_prefix)
+
+
+def journal_dir(settings: Settings, ledger: SQLLedger) -> Path:
+    """Where this host's append logs for ``ledger`` live (one directory per database)."""
+    base = (
+        Path(settings.ledger.journal_dir).expanduser()
+        if settings.ledger.journal_dir
+        else settings.home_dir / "ledger" / "journal"
+    )
+    return base / hashlib.sha256(ledger.identity.encode()).hexdigest()[:16]
+
+
+def open_store(settings: Settings | None = None) -> EventStore:
+    """The event store ``Meter`` uses by default.
+
+    ``[ledger] backend = "memory"`` gives a ``MemoryStore``; otherwise a ``JournaledStore``
+    over the SQLite or PostgreSQL ledger, which also recovers the logs of crashed processes.
+    """
+    from jevons.config import load_settings
+    from jevons.ledger.journal import JournaledStore
+
+    settings = settings or load_settings()
+    cfg = settings.ledger
+    if cfg.backend == "memory":
+        return MemoryStore()
+    ledger = open_ledger(settings)
+    return JournaledStore(
+        ledger,
+        journal_dir(settings, ledger),
+        durability=cfg.durability,
+        flush_interval_ms=cfg.flush_interval_ms,
+        recent_keys=cfg.recent_keys,
+    )

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from jevons.events import Event
 
-__all__ = ["EventStore", "EventQuery", "MemoryStore"]
+__all__ = ["EventQuery", "EventStore", "MemoryStore"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,51 @@ from decimal import Decimal
 
 from jevons.prices.cost import Cost, price_usage, unpriced_cost
 from jevons.prices.model import Layer, PriceVersion, ServiceTier, Tier
-from jevons.prices.resolve import Resolution, normalise, parse_bedrock, provider_hint
+from jevons.prices.resolve import (
+    NAME_ALIASES,
+    Resolution,
+    latest_family,
+    normalise,
+    parse_bedrock,
+    provider_hint,
+    snapshot_family,
+    strip_route_prefix,
+)
 from jevons.usage import Usage
 
-__all__ = ["PriceBook", "Adjustment", "DEFAULT_BEDROCK_REGION"]
+__all__ = ["DEFAULT_BEDROCK_REGION", "GEO_DEFAULT_REGION", "GEO_REGION_PREFIXES", "Adjustment", "PriceBook"]
 
 DEFAULT_BEDROCK_REGION = "us-east-1"
+# the region whose price stands in when a Bedrock id names a geography but the client's region
+# is unknown (the geography's largest region)
+GEO_DEFAULT_REGION: dict[str | None, str] = {
+    None: DEFAULT_BEDROCK_REGION,
+    "global": DEFAULT_BEDROCK_REGION,
+    "us": "us-east-1",
+    "us-gov": "us-gov-west-1",
+    "eu": "eu-west-1",
+    "apac": "ap-southeast-1",
+    "jp": "ap-northeast-1",
+    "au": "ap-southeast-2",
+    "ca": "ca-central-1",
+}
+GEO_REGION_PREFIXES: dict[str | None, tuple[str, ...]] = {
+    "us": ("us-",),
+    "us-gov": ("us-gov-",),
+    "eu": ("eu-",),
+    "apac": ("ap-",),
+    "jp": ("ap-northeast-1", "ap-northeast-3"),
+    "au": ("ap-southeast-2", "ap-southeast-4"),
+    "ca": ("ca-",),
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _specificity(v: PriceVersion) -> tuple[int, datetime, float]:
+    """Merge order among versions covering one instant: higher layer, then the later start,
+    then the earlier end (a dated historical version beats an open-ended one)."""
+    return (v.layer.value, v.valid_from or _EPOCH, -(v.valid_to or _FAR).timestamp())
 
 ModelKey = tuple[str, str]  # (provider, model)
 
@@ -81,6 +119,9 @@ class PriceBook:
         self._lock = threading.RLock()
         self._by_key: dict[ModelKey, list[PriceVersion]] = defaultdict(list)
         self._alias: dict[str, set[ModelKey]] = defaultdict(set)
+        # alias -> key -> latest fetch time of a version carrying it (a moving alias such as
+        # ``~anthropic/claude-sonnet-latest`` follows its most recent carrier)
+        self._alias_seen: dict[str, dict[ModelKey, datetime]] = defaultdict(dict)
         self._native: dict[str, set[ModelKey]] = defaultdict(set)
         self._normal: dict[str, set[ModelKey]] = defaultdict(set)
         self._adjustments: list[Adjustment] = list(adjustments)
@@ -118,8 +159,13 @@ class PriceBook:
         key = (v.provider, v.model)
         self._by_key[key].append(v)
         self._alias[f"{v.provider}/{v.model}".lower()].add(key)
+        seen = v.fetched_at or v.valid_from or _EPOCH
         for alias in v.aliases:
-            self._alias[alias.lower()].add(key)
+            low = alias.lower()
+            self._alias[low].add(key)
+            carriers = self._alias_seen[low]
+            if seen >= carriers.get(key, _EPOCH):
+                carriers[key] = seen
         self._native[v.model.lower()].add(key)
         self._normal[normalise(v.model)].add(key)
         for alias in v.aliases:
@@ -161,7 +207,11 @@ class PriceBook:
 
     def _resolve(self, name: str, provider: str | None) -> Resolution:
         hint = provider_hint(provider)
-        bedrock = parse_bedrock(name, hinted=hint == "bedrock")
+        raw = name.strip()
+        routed = strip_route_prefix(raw)
+        if routed is not None:  # LiteLLM-style ``bedrock/<id>``
+            raw, hint = routed, hint or "bedrock"
+        bedrock = parse_bedrock(raw, hinted=hint == "bedrock")
         if bedrock is not None:
             target = bedrock.model.lower()
             keys = {k for k in self._native.get(target, ()) if k[0] == "bedrock"}
@@ -173,18 +223,83 @@ class PriceBook:
                 return self._pick(name, keys, hint, step, bedrock.geo, bedrock.region)
             if hint == "bedrock":
                 return Resolution(name, None, None, "Bedrock id not in the book")
-        lowered = name.strip().lower()
-        for step, index, probe in (
-            ("exact key or alias", self._alias, lowered),
-            ("exact native id", self._native, lowered),
-            ("normalised name", self._normal, normalise(name)),
-        ):
-            keys = index.get(probe)
-            if keys:
-                res = self._pick(name, set(keys), hint, step, None, None)
-                if res.found:
-                    return res
-        return Resolution(name, None, None, "no exact, native or normalised match")
+        lowered = raw.lower()
+        alias_keys = self._alias.get(lowered)
+        if alias_keys:
+            carriers = self._alias_seen.get(lowered, {})
+            newest = max((carriers.get(k, _EPOCH) for k in alias_keys), default=_EPOCH)
+            fresh = {k for k in alias_keys if carriers.get(k, _EPOCH) == newest} or set(alias_keys)
+            res = self._pick(name, fresh, hint, "exact key or alias", None, None)
+            if res.found:
+                return res
+        native_keys = self._native.get(lowered)
+        if native_keys:
+            res = self._pick(name, set(native_keys), hint, "exact native id", None, None)
+            if res.found:
+                return res
+        bare = lowered.rsplit("/", 1)[-1]
+        target_name = NAME_ALIASES.get(bare)
+        if target_name is not None:
+            res = self._resolve(target_name, provider)
+            if res.found:
+                return Resolution(
+                    name, res.provider, res.model, f"alias table ({bare} -> {target_name})",
+                    res.candidates, res.geo, res.region,
+                )
+        normal_keys = self._normal.get(normalise(raw))
+        if normal_keys:
+            res = self._pick(name, set(normal_keys), hint, "normalised name", None, None)
+            if res.found:
+                return res
+        family = latest_family(bare)
+        if family is not None:
+            latest = self._newest_of_family(name, family, hint)
+            if latest is not None:
+                return latest
+        snap = snapshot_family(bare)
+        if snap is not None:
+            dated = self._dated_snapshot(name, snap[0], snap[1], hint)
+            if dated is not None:
+                return dated
+        return Resolution(name, None, None, "no exact, native, alias-table or normalised match")
+
+    def _newest_of_family(self, name: str, family: str, hint: str | None) -> Resolution | None:
+        """``<family>-latest``: the model ``<family>-<YYMM>`` with the newest date in the book."""
+        dated: list[tuple[str, ModelKey]] = []
+        for key in self._by_key:
+            if hint is not None and key[0] != hint:
+                continue
+            suffix = snapshot_family(key[1].lower())
+            if suffix is not None and suffix[0] == family:
+                dated.append((suffix[1], key))
+        if not dated:
+            return None
+        dated.sort(key=lambda item: (item[0], f"{item[1][0]}/{item[1][1]}"), reverse=True)
+        best = dated[0][1]
+        return Resolution(
+            name, best[0], best[1], f"-latest rule (newest dated {family}-YYMM)",
+            tuple(f"{p}/{m}" for _, (p, m) in dated),
+        )
+
+    def _dated_snapshot(self, name: str, family: str, date: str, hint: str | None) -> Resolution | None:
+        """``<family>-<YYMM>`` (Mistral's dated names): a model of that family whose id or alias
+        ends with the same date, e.g. ``mistral-small-2503`` -> ``mistral-small-3.1-24b-instruct``
+        (canonical slug ``...-2503``)."""
+        hits: set[ModelKey] = set()
+        for alias, keys in self._alias.items():
+            bare = alias.rsplit("/", 1)[-1]
+            if bare.startswith(family + "-") and bare.endswith("-" + date):
+                hits.update(keys)
+        for key in self._by_key:
+            bare = key[1].lower()
+            if bare.startswith(family + "-") and bare.endswith("-" + date):
+                hits.add(key)
+        if hint is not None:
+            hits = {k for k in hits if k[0] == hint}
+        hits = {k for k in hits if k[0] != "bedrock"} or hits
+        if not hits:
+            return None
+        return self._pick(name, hits, hint, f"dated-snapshot rule ({family} of {date})", None, None)
 
     def _pick(
         self,
@@ -204,7 +319,7 @@ class PriceBook:
         elif geo is None and region is None:
             non_bedrock = {k for k in candidates if k[0] != "bedrock"}
             candidates = non_bedrock or candidates
-        ordered = sorted(candidates, key=lambda k: (len(normalise(k[1])), f"{k[0]}/{k[1]}"))
+        ordered = sorted(candidates, key=lambda k: (len(normalise(k[1])), len(k[1]), f"{k[0]}/{k[1]}"))
         provider, model = ordered[0]
         return Resolution(
             name, provider, model, step,
@@ -256,30 +371,62 @@ class PriceBook:
         if not bucket:
             return None, (f"no version of {res.provider}/{res.model} in force at {at or 'now'}",)
         notes: list[str] = []
-        geo = "global" if res.geo == "global" else None
         pool = [v for v in bucket if v.service_tier is tier]
         if not pool:
             notes.append(f"no {tier.value} price; standard price used")
             pool = [v for v in bucket if v.service_tier is ServiceTier.STANDARD] or bucket
         if any(v.geo is not None or v.region is not None for v in pool):
-            geo_pool = [v for v in pool if v.geo == geo]
-            if not geo_pool:
-                notes.append(f"no {geo or 'regional'} price; {'regional' if geo else 'global'} price used")
-                geo_pool = pool
-            pool = geo_pool
-            regions = {v.region for v in pool}
-            if region is None and regions - {None}:
-                region = DEFAULT_BEDROCK_REGION
-                notes.append(f"no region given; {DEFAULT_BEDROCK_REGION} price used")
-            if region not in regions:
-                fallback_region = DEFAULT_BEDROCK_REGION if DEFAULT_BEDROCK_REGION in regions else min(
-                    (r for r in regions if r), default=None
-                )
-                notes.append(f"no price in region {region}; {fallback_region} price used")
-                region = fallback_region
-            pool = [v for v in pool if v.region == region]
-        best = max(pool, key=lambda v: (v.layer.value, v.valid_from or _EPOCH))
+            pool = self._by_place(pool, res.geo, region, notes)
+        best = max(pool, key=_specificity)
         return best, tuple(notes)
+
+    @staticmethod
+    def _by_place(
+        pool: list[PriceVersion], geo: str | None, region: str | None, notes: list[str]
+    ) -> list[PriceVersion]:
+        """Narrow Bedrock-style versions to the call's geography and region.
+
+        ``global.`` ids take the ``global`` price, every other id (bare, ``us.``, ``eu.``...)
+        the regional one. The client's region picks among regions; without it, the
+        geography's default region stands in, and only when prices differ by region is the
+        cost flagged as an estimate.
+        """
+        wanted_geo = "global" if geo == "global" else None
+
+        def any_geo(v: PriceVersion) -> bool:  # an override without geo applies to every geo
+            return v.layer is Layer.OVERRIDE and v.geo is None
+
+        def any_region(v: PriceVersion) -> bool:
+            return v.layer is Layer.OVERRIDE and v.region is None
+
+        same_geo = [v for v in pool if v.geo == wanted_geo or any_geo(v)]
+        if not same_geo:
+            notes.append(
+                f"no {wanted_geo or 'regional'} price; {'regional' if wanted_geo else 'global'} price used"
+            )
+            same_geo = pool
+        regions = {v.region for v in same_geo if not any_region(v)}
+        if not regions or (region is not None and region in regions):
+            return [v for v in same_geo if v.region == region or any_region(v)]
+        default = GEO_DEFAULT_REGION.get(geo, DEFAULT_BEDROCK_REGION)
+        stand_in = default if default in regions else min((r for r in regions if r), default=None)
+        chosen = [v for v in same_geo if v.region == stand_in or any_region(v)]
+        if any(any_region(v) for v in chosen):
+            return chosen  # a region-wide override answers for every region
+        if region is not None:
+            notes.append(f"no price in region {region}; {stand_in} price used")
+        elif len(regions) > 1:
+            # the client's region is unknown: it is one of the geography's regions (any region
+            # for a bare or global id); an estimate only if their prices differ
+            prefixes = GEO_REGION_PREFIXES.get(geo, ("",))
+            possible = {r for r in regions if r and r.startswith(prefixes)} or regions
+            digests = {
+                max((v for v in same_geo if v.region == r), key=_specificity).content_digest()
+                for r in possible
+            }
+            if len(digests) > 1:
+                notes.append(f"no region given; {stand_in} price used")
+        return chosen
 
     # ------------------------------------------------------------------ cost
     def cost(

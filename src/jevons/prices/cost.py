@@ -64,8 +64,8 @@ class CostLine:
         out: dict[str, Any] = {
             "dimension": self.dimension,
             "tokens": self.tokens,
-            "usd_per_token": str(self.usd_per_token),
-            "usd": str(self.usd),
+            "usd_per_token": f"{self.usd_per_token:f}",
+            "usd": f"{self.usd:f}",
         }
         if self.priced_as:
             out["priced_as"] = self.priced_as
@@ -108,7 +108,7 @@ class Cost:
             "model": self.model,
             "provider": self.provider,
             "status": self.status,
-            "total_usd": None if self.total_usd is None else str(self.total_usd),
+            "total_usd": None if self.total_usd is None else f"{self.total_usd:f}",
             "lines": [line.to_dict() for line in self.lines],
             "price_version": self.price_version,
             "source": self.source,
@@ -142,11 +142,67 @@ class Cost:
         )
 
 
+# Hot path: ``book.cost()`` builds one Cost and a few CostLines per call. The generated
+# ``__init__`` of a frozen dataclass sets each field through ``object.__setattr__``; setting
+# the slots through their descriptors gives the same immutable objects about twice as fast.
+_new = object.__new__
+_line_set = tuple(getattr(CostLine, f).__set__ for f in CostLine.__slots__)
+_cost_set = tuple(getattr(Cost, f).__set__ for f in Cost.__slots__)
+assert CostLine.__slots__ == ("dimension", "tokens", "usd_per_token", "usd", "priced_as")
+assert Cost.__slots__[:5] == ("model_requested", "model", "provider", "status", "total_usd")
+
+
+def _line(dimension: str, tokens: int, rate: Decimal, usd: Decimal, priced_as: str | None) -> CostLine:
+    obj: CostLine = _new(CostLine)
+    s_dim, s_tok, s_rate, s_usd, s_as = _line_set
+    s_dim(obj, dimension)
+    s_tok(obj, tokens)
+    s_rate(obj, rate)
+    s_usd(obj, usd)
+    s_as(obj, priced_as)
+    return obj
+
+
+def _cost(*values: Any) -> Cost:
+    obj: Cost = _new(Cost)
+    for setter, value in zip(_cost_set, values, strict=True):
+        setter(obj, value)
+    return obj
+
+
 def unpriced_cost(
     model_requested: str, *, provider: str | None = None, note: str, model: str | None = None
 ) -> Cost:
     """The cost of a call jevons cannot price: kept, flagged, re-priceable; never $0."""
     return Cost(model_requested, model, provider, "unpriced", None, notes=(note,))
+
+
+_Plan = tuple[dict[Dim, tuple[Decimal, Dim] | None], bool]
+_plans: dict[tuple[str, int | None], _Plan] = {}
+_PLAN_CACHE_MAX = 4096
+
+
+def _plan(version: PriceVersion, rates: dict[Dim, Decimal], threshold: int | None) -> _Plan:
+    """Per bucket, the rate that prices it and the dimension it came from (after the fallback
+    chain), computed once per version and tier: the hot path only multiplies."""
+    key = (version.version_id, threshold)
+    plan = _plans.get(key)
+    if plan is not None:
+        return plan
+    chosen: dict[Dim, tuple[Decimal, Dim] | None] = {}
+    for dim, chain in _CHAINS.items():
+        found: tuple[Decimal, Dim] | None = None
+        for candidate in chain:
+            rate = rates.get(candidate)
+            if rate is not None:
+                found = (rate, candidate)
+                break
+        chosen[dim] = found
+    plan = (chosen, Dim.REASONING in rates)
+    if len(_plans) >= _PLAN_CACHE_MAX:
+        _plans.clear()
+    _plans[key] = plan
+    return plan
 
 
 def price_usage(
@@ -160,16 +216,14 @@ def price_usage(
 ) -> Cost:
     """Price ``usage`` with ``version`` (long-context tier chosen by total input tokens)."""
     rates, threshold = version.rates_for(usage.input_tokens)
-    buckets: list[tuple[Dim, int]] = []
+    chosen, distinct_reasoning = _plan(version, rates, threshold)
     uncached = usage.uncached_input_tokens
     audio_in = min(usage.audio_input_tokens, uncached)
     image_in = min(usage.image_input_tokens, uncached - audio_in)
-    text_in = uncached - audio_in - image_in
-    distinct_reasoning = Dim.REASONING in rates
     reasoning = usage.reasoning_tokens if distinct_reasoning else 0
     text_out = usage.output_tokens - reasoning - usage.audio_output_tokens - usage.image_output_tokens
-    buckets = [
-        (Dim.INPUT, text_in),
+    buckets = (
+        (Dim.INPUT, uncached - audio_in - image_in),
         (Dim.CACHE_READ, usage.cache_read_tokens),
         (Dim.CACHE_WRITE_5M, usage.cache_write_5m_tokens),
         (Dim.CACHE_WRITE_1H, usage.cache_write_1h_tokens),
@@ -180,7 +234,7 @@ def price_usage(
         (Dim.AUDIO_OUTPUT, usage.audio_output_tokens),
         (Dim.IMAGE_OUTPUT, usage.image_output_tokens),
         (Dim.WEB_SEARCH, usage.web_search_requests),
-    ]
+    )
     lines: list[CostLine] = []
     missing: list[str] = []
     estimated = False
@@ -188,28 +242,23 @@ def price_usage(
     for dim, count in buckets:
         if not count:
             continue
-        rate: Decimal | None = None
-        used = dim
-        for candidate in _CHAINS[dim]:
-            rate = rates.get(candidate)
-            if rate is not None:
-                used = candidate
-                break
-        if rate is None:
+        found = chosen[dim]
+        if found is None:
             missing.append(dim.value)
             continue
+        rate, used = found
         usd = rate * count
         total += usd
         if used is not dim:
             estimated = True
-            lines.append(CostLine(dim.value, count, rate, usd, used.value))
+            lines.append(_line(dim.value, count, rate, usd, used.value))
         else:
-            lines.append(CostLine(dim.value, count, rate, usd))
-    request_rate = rates.get(Dim.REQUEST)
-    if request_rate is not None and usage.requests:
-        usd = request_rate * usage.requests
+            lines.append(_line(dim.value, count, rate, usd, None))
+    request = chosen[Dim.REQUEST]
+    if request is not None and usage.requests:
+        usd = request[0] * usage.requests
         total += usd
-        lines.append(CostLine(Dim.REQUEST.value, usage.requests, request_rate, usd))
+        lines.append(_line(Dim.REQUEST.value, usage.requests, request[0], usd, None))
     status: CostStatus
     if missing:
         status = "unpriced"
@@ -218,19 +267,19 @@ def price_usage(
         status = "estimated"
     else:
         status = "priced"
-    return Cost(
-        model_requested=model_requested,
-        model=version.model,
-        provider=version.provider,
-        status=status,
-        total_usd=None if missing else total,
-        lines=tuple(lines),
-        price_version=version.version_id,
-        source=version.source,
-        as_of=as_of,
-        service_tier=version.service_tier.value,
-        region=version.region,
-        tier_threshold=threshold,
-        missing=tuple(missing),
-        notes=notes,
+    return _cost(
+        model_requested,
+        version.model,
+        version.provider,
+        status,
+        None if missing else total,
+        tuple(lines),
+        version.version_id,
+        version.source,
+        as_of,
+        version.service_tier.value,
+        version.region,
+        threshold,
+        tuple(missing),
+        notes,
     )

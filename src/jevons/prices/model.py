@@ -15,12 +15,12 @@ from enum import Enum, StrEnum
 from typing import Any
 
 __all__ = [
+    "LAYER_PRECEDENCE",
     "Dim",
     "Layer",
+    "PriceVersion",
     "ServiceTier",
     "Tier",
-    "PriceVersion",
-    "LAYER_PRECEDENCE",
     "parse_decimal",
 ]
 
@@ -64,7 +64,7 @@ def parse_decimal(value: Any, *, what: str = "price") -> Decimal:
     """Exact Decimal from a string or int; floats are refused (they are not exact)."""
     if isinstance(value, Decimal):
         out = value
-    elif isinstance(value, bool) or isinstance(value, float):
+    elif isinstance(value, (bool, float)):
         raise ValueError(f"{what}: {value!r} is not an exact number (use a string)")
     elif isinstance(value, (int, str)):
         try:

@@ -1,1 +1,131 @@
-"""jevons.sinks."""
+"""jevons.sinks: billing destinations fed by the ledger's outbox.
+
+``build_sinks(settings)`` makes one sink per enabled ``[sinks.<name>]`` table;
+``open_outbox(settings)`` pairs them with the ledger. Secrets come only from the environment
+variables the config names (``api_key_env``, ``secret_env``).
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jevons.sinks.base import Hold, RejectedError, Sink, SinkUnavailable, TransientError
+
+if TYPE_CHECKING:
+    from jevons.config import Settings, SinkConfig
+    from jevons.sinks.lago import AmountFor
+    from jevons.sinks.outbox import Outbox
+
+__all__ = [
+    "Hold",
+    "RejectedError",
+    "Sink",
+    "SinkUnavailable",
+    "TransientError",
+    "build_sink",
+    "build_sinks",
+    "open_outbox",
+]
+
+_DEFAULT_URLS = {
+    "lago": "https://api.getlago.com",
+    "stripe": "https://meter-events.stripe.com",
+    "openmeter": "https://openmeter.cloud",
+}
+
+
+def _secret(name: str, cfg: SinkConfig, field: str, env_name: str | None, *, required: bool) -> str | None:
+    from jevons.config import ConfigError
+
+    if env_name is None:
+        if required:
+            raise ConfigError(f"sinks.{name}.{field}: a {cfg.type} sink needs {field} "
+                              "(the name of an environment variable holding the secret)")
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(f"sinks.{name}.{field}: environment variable {env_name} is not set")
+    return value
+
+
+def build_sink(name: str, cfg: SinkConfig, settings: Settings, *,
+               amount_for: AmountFor | None = None) -> Sink:
+    """One sink from its config table."""
+    from jevons.config import ConfigError
+    from jevons.sinks.files import JsonlSink, WebhookSink
+    from jevons.sinks.lago import LagoSink, default_amount_for
+    from jevons.sinks.openmeter import OpenMeterSink
+    from jevons.sinks.stripe import StripeMeterSink
+
+    url = cfg.url or _DEFAULT_URLS.get(cfg.type)
+    try:
+        if cfg.type == "lago":
+            assert url is not None
+            return LagoSink(
+                name, url, _secret(name, cfg, "api_key_env", cfg.api_key_env, required=False),
+                mode=cfg.mode, metric_codes=cfg.metric_codes, cost_metric_code=cfg.cost_metric_code,
+                amount_for=amount_for or default_amount_for(Decimal(settings.billing.markup)),
+                timeout=cfg.timeout_seconds, batch_size=cfg.batch_size,
+            )
+        if cfg.type == "stripe":
+            assert url is not None
+            return StripeMeterSink(
+                name, url, _secret(name, cfg, "api_key_env", cfg.api_key_env, required=True),
+                api_url=cfg.api_url or ("https://api.stripe.com" if not cfg.url else None),
+                event_names=cfg.metric_codes, timeout=cfg.timeout_seconds, batch_size=cfg.batch_size,
+            )
+        if cfg.type == "openmeter":
+            assert url is not None
+            return OpenMeterSink(
+                name, url, _secret(name, cfg, "api_key_env", cfg.api_key_env, required=False),
+                source=cfg.source, event_type=cfg.event_type, timeout=cfg.timeout_seconds,
+                batch_size=cfg.batch_size,
+            )
+        if cfg.type == "jsonl":
+            path = Path(cfg.path).expanduser() if cfg.path else settings.home_dir / "sinks" / f"{name}.jsonl"
+            return JsonlSink(name, path, batch_size=cfg.batch_size)
+        if not cfg.url:
+            raise ConfigError(f"sinks.{name}.url: a webhook sink needs a url")
+        return WebhookSink(
+            name, cfg.url, _secret(name, cfg, "secret_env", cfg.secret_env, required=True),
+            timeout=cfg.timeout_seconds, batch_size=cfg.batch_size,
+        )
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"sinks.{name}: {exc}") from exc
+
+
+def build_sinks(settings: Settings, *, amount_for: AmountFor | None = None,
+                only: str | None = None) -> dict[str, Sink]:
+    """The enabled sinks of ``settings`` (or just ``only``)."""
+    from jevons.config import ConfigError
+
+    if only is not None and only not in settings.sinks:
+        known = ", ".join(settings.sinks) or "none"
+        raise ConfigError(f"no sink named {only!r} in the config (configured: {known})")
+    return {
+        name: build_sink(name, cfg, settings, amount_for=amount_for)
+        for name, cfg in settings.sinks.items()
+        if (only is None and cfg.enabled) or name == only
+    }
+
+
+def open_outbox(settings: Settings | None = None, *, amount_for: AmountFor | None = None,
+                only: str | None = None) -> Outbox:
+    """The ledger and the configured sinks, with the retry policy of each sink's config."""
+    from jevons.config import load_settings
+    from jevons.ledger import open_ledger
+    from jevons.sinks.outbox import Outbox, RetryPolicy
+
+    settings = settings or load_settings()
+    sinks = build_sinks(settings, amount_for=amount_for, only=only)
+    policy = RetryPolicy()
+    if sinks:
+        first = settings.sinks[next(iter(sinks))]
+        policy = RetryPolicy(base_s=first.backoff_base_seconds, max_s=first.backoff_max_seconds,
+                             max_attempts=first.max_attempts)
+    return Outbox(open_ledger(settings), sinks, retry=policy)

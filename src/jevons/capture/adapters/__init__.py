@@ -1,1 +1,429 @@
-"""jevons.capture.adapters."""
+"""Provider adapters: the contract every ``jevons/capture/adapters/<provider>.py`` follows.
+
+One module per provider; provider-specific code lives nowhere else. A module does two things
+at import time, and nothing else:
+
+1. **Registers its extractors** (``jevons.capture.extract.register_extractor``): one function
+   per API, ``fn(response, model) -> Extracted``, that reads a response given as a JSON dict *or*
+   as the SDK's object (use ``extract.field(obj, name)`` which reads both, and
+   ``extract.to_int``), converts the provider's semantics into canonical ``Usage`` (input
+   includes cache reads/writes, output includes reasoning, breakdowns are subsets) and raises
+   (e.g. ``extract.UnknownShape``) on a shape it does not know. Pass ``default=True`` for the
+   API used when ``usage_from_response`` is called without ``api``. The mapping from provider
+   name to module is ``extract.PROVIDER_MODULES`` (``anthropic``, ``bedrock``, ``gemini``,
+   ``mistral`` are already mapped to ``adapters/<name>.py``).
+
+2. **Registers an adapter** (``register_adapter(obj)``): an object with ``name`` (str),
+   ``matches(client) -> bool`` and ``wrap(meter, client, attribution, provider) -> client``.
+   ``Meter.wrap`` imports the adapter module from ``ADAPTER_MODULES`` keyed by the top-level
+   package of the client's class (``openai``, ``anthropic``, ``google``, ``mistralai``,
+   ``botocore``, ``aiobotocore``) and asks each registered adapter ``matches``.
+
+``wrap`` must return an object of the client's own type (``isinstance`` holds): the helpers
+below make a shallow copy of the client (``fresh_copy``, which drops cached sub-resources so the
+copy builds its own) and replace methods on the copy's resource objects with instance
+attributes (``patch_method``), so the caller's original client stays unmetered and two wraps of
+one client with different attribution do not interfere. The SDK's own stream objects are kept:
+``patch_stream`` swaps the stream's internal iterator for an observing one.
+
+Wrapping a method: ``instrument(meter, bound_method, spec, attribution, provider,
+is_async=...)`` returns the metered function (``is_async`` is detected when omitted, but SDKs
+that wrap their async methods in plain decorators need it explicitly: the OpenAI adapter passes
+``isinstance(client, AsyncOpenAI)``). Per call it:
+
+1. ``meter.begin(provider, api, model, attribution, kwargs)`` — removes the ``jevons*`` keyword
+   arguments (``jevons_customer=``, ``jevons_feature=``, ``jevons_tags=``, ``jevons={...}``),
+   resolves attribution, takes the run step (may raise ``BudgetExceeded``), runs the guards (may
+   raise ``CapReached``) and returns a ``Call``;
+2. ``spec.prepare(call, kwargs, streaming)`` may adjust the provider kwargs (OpenAI asks for
+   usage on streams);
+3. calls the provider with ``CURRENT_CALL`` set to the call, so HTTP attempt hooks
+   (``install_attempt_hooks(http_client)``, httpx/httpx2 event hooks) count each HTTP attempt
+   of the SDK's own retries: every attempt before the last becomes an ``error`` event with its
+   attempt number;
+4. on an exception: ``call.fail(exc)`` and re-raise it unchanged; on a stream:
+   ``spec.stream(call, result)`` returns the instrumented stream; otherwise
+   ``spec.on_result(call, result)`` (default ``call.finish(result)``, which runs the
+   extractor registered for ``(spec.extractor or provider, spec.api)``).
+
+A ``Call`` ends exactly once, and none of its methods raise: ``finish(response)``,
+``finish_extracted(Extracted, status="ok")``, ``fail(exc, extracted=None)``,
+``abort(extracted=None)`` (stream abandoned or cut off). A stream accumulator is any object
+with ``add(item)`` (called for each streamed item) and ``result() -> Extracted`` (called at the
+end, on error or on abort; return ``complete=False`` when the usage block was not seen).
+
+Tests: the ``replay`` fixture (``tests/capture/conftest.py``) is a started
+``replay.ReplayServer`` reset for each test; point the SDK at ``replay.url`` and script answers
+with ``replay.on(path, Reply.json(...) | Reply.sse([...]) | "provider/fixture_name")``;
+``replay.requests`` records what the SDK sent. The ``meter`` fixture is a ``Meter`` with an
+in-memory store and the small price book ``test_book`` (extend ``TEST_PRICES`` there, or pass
+your own ``PriceBook``). See ``tests/replay/server.py`` for the fixture file format and
+``register_framing`` for custom stream framing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from jevons.capture.attribution import Attribution
+from jevons.capture.extract import Extracted
+from jevons.capture.meter import CURRENT_CALL, Call, review_extracted
+from jevons.usage import Usage
+
+if TYPE_CHECKING:
+    from jevons.capture.meter import Meter
+
+__all__ = [
+    "ADAPTER_MODULES",
+    "Adapter",
+    "MethodSpec",
+    "StreamAccumulator",
+    "find_adapter",
+    "fresh_copy",
+    "install_attempt_hooks",
+    "instrument",
+    "observe_async",
+    "observe_sync",
+    "patch_method",
+    "patch_stream",
+    "register_adapter",
+]
+
+T = TypeVar("T")
+
+# top-level package of a client's class -> adapter module
+ADAPTER_MODULES: dict[str, str] = {
+    "openai": "jevons.capture.adapters.openai",
+    "anthropic": "jevons.capture.adapters.anthropic",
+    "google": "jevons.capture.adapters.gemini",
+    "mistralai": "jevons.capture.adapters.mistral",
+    "botocore": "jevons.capture.adapters.bedrock",
+    "aiobotocore": "jevons.capture.adapters.bedrock",
+    "boto3": "jevons.capture.adapters.bedrock",
+}
+
+
+class Adapter(Protocol):
+    name: str
+
+    def matches(self, client: object) -> bool: ...
+
+    def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T: ...
+
+
+_ADAPTERS: list[Adapter] = []
+
+
+def register_adapter(adapter: Adapter) -> None:
+    """Register (or replace, by ``name``) an adapter; later registrations are asked first."""
+    _ADAPTERS[:] = [a for a in _ADAPTERS if a.name != adapter.name]
+    _ADAPTERS.insert(0, adapter)
+
+
+def find_adapter(client: object) -> Adapter | None:
+    for klass in type(client).__mro__:
+        module = ADAPTER_MODULES.get(klass.__module__.split(".", 1)[0])
+        if module is not None:
+            with contextlib.suppress(ImportError):
+                import_module(module)
+    for adapter in _ADAPTERS:
+        if adapter.matches(client):
+            return adapter
+    return None
+
+
+# ---------------------------------------------------------------------- client copies
+def fresh_copy(client: T) -> T:
+    """A shallow copy of ``client`` sharing its HTTP pool, with its cached sub-resources
+    (``functools.cached_property`` values such as ``client.chat``) dropped so that the copy
+    builds its own and patching them leaves the original untouched."""
+    new = copy.copy(client)
+    state = getattr(new, "__dict__", None)
+    if state is not None:
+        for klass in type(client).__mro__:
+            for name, attr in vars(klass).items():
+                if isinstance(attr, functools.cached_property):
+                    state.pop(name, None)
+    return new
+
+
+def patch_method(obj: Any, name: str, replacement: Callable[..., Any]) -> None:
+    """Replace ``obj.name`` for this instance only (methods calling ``self.name`` see it)."""
+    object.__setattr__(obj, name, replacement)
+
+
+# ---------------------------------------------------------------------- HTTP attempts
+def _on_request(request: Any) -> None:
+    call = CURRENT_CALL.get()
+    if call is not None:
+        call.http_attempts.append(None)
+
+
+def _on_response(response: Any) -> None:
+    call = CURRENT_CALL.get()
+    if call is not None and call.http_attempts:
+        call.http_attempts[-1] = response.status_code
+
+
+async def _aon_request(request: Any) -> None:
+    _on_request(request)
+
+
+async def _aon_response(response: Any) -> None:
+    _on_response(response)
+
+
+def install_attempt_hooks(http_client: Any) -> bool:
+    """Add request/response event hooks to an httpx (or httpx2) client so each HTTP attempt
+    of a metered call is seen, including the SDK's internal retries. Idempotent; the hooks do
+    nothing outside a metered call. Returns False when the client has no event hooks."""
+    hooks = getattr(http_client, "event_hooks", None)
+    if not isinstance(hooks, dict):
+        return False
+    is_async = "Async" in type(http_client).__name__ or any(
+        "Async" in k.__name__ for k in type(http_client).__mro__)
+    req, resp = (_aon_request, _aon_response) if is_async else (_on_request, _on_response)
+    requests = list(hooks.get("request", ()))
+    if req in requests:
+        return True
+    http_client.event_hooks = {
+        **hooks,
+        "request": [*requests, req],
+        "response": [*hooks.get("response", ()), resp],
+    }
+    return True
+
+
+# ---------------------------------------------------------------------- methods
+def _default_is_stream(kwargs: dict[str, Any]) -> bool:
+    return kwargs.get("stream") is True
+
+
+def _default_on_result(call: Call, result: Any) -> None:
+    call.finish(result)
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    """How to meter one SDK method."""
+
+    api: str
+    provider: str = ""  # default provider (wrap's ``provider=`` overrides)
+    extractor: str | None = None  # extractor provider key (default: the provider)
+    model_kwarg: str = "model"
+    prepare: Callable[[Call, dict[str, Any], bool], None] | None = None
+    stream: Callable[[Call, Any], Any] | None = None
+    is_stream: Callable[[dict[str, Any]], bool] = _default_is_stream
+    on_result: Callable[[Call, Any], None] = _default_on_result
+
+
+_UNOBSERVED = "stream could not be observed"
+
+
+def instrument(
+    meter: Meter,
+    fn: Callable[..., Any],
+    spec: MethodSpec,
+    attribution: Attribution,
+    provider: str | None = None,
+    *,
+    is_async: bool | None = None,
+) -> Callable[..., Any]:
+    """The metered version of ``fn``. ``is_async``: whether ``fn`` returns an awaitable; by
+    default detected (``inspect.iscoroutinefunction`` on ``fn`` and what it wraps). Pass it
+    explicitly when the SDK decorates its async methods with plain functions."""
+    prov = provider or spec.provider
+    api = spec.api
+    extractor = spec.extractor or prov
+    model_kw = spec.model_kwarg
+    prepare = spec.prepare
+    on_stream = spec.stream
+    is_stream = spec.is_stream
+    on_result = spec.on_result
+
+    def _start(kwargs: dict[str, Any]) -> tuple[Call | None, bool]:
+        call = meter.begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
+        streaming = False
+        if call is not None:
+            try:
+                streaming = is_stream(kwargs)
+                if prepare is not None:
+                    prepare(call, kwargs, streaming)
+            except Exception as exc:
+                meter._error(exc, "adapter")
+        return call, streaming
+
+    def _end(call: Call, result: Any, streaming: bool) -> Any:
+        if streaming and on_stream is not None:
+            try:
+                return on_stream(call, result)
+            except Exception as exc:
+                meter._error(exc, "adapter")
+                call.finish_extracted(review_extracted(None), "ok", _UNOBSERVED)
+                return result
+        try:
+            on_result(call, result)
+        except Exception as exc:
+            meter._error(exc, "adapter")
+        return result
+
+    if is_async is None:
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
+    if is_async:
+
+        @functools.wraps(fn)
+        async def ametered(*args: Any, **kwargs: Any) -> Any:
+            call, streaming = _start(kwargs)
+            if call is None:
+                return await fn(*args, **kwargs)
+            token = CURRENT_CALL.set(call)
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            finally:
+                CURRENT_CALL.reset(token)
+            return _end(call, result, streaming)
+
+        return ametered
+
+    @functools.wraps(fn)
+    def metered(*args: Any, **kwargs: Any) -> Any:
+        call, streaming = _start(kwargs)
+        if call is None:
+            return fn(*args, **kwargs)
+        token = CURRENT_CALL.set(call)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        finally:
+            CURRENT_CALL.reset(token)
+        return _end(call, result, streaming)
+
+    return metered
+
+
+# ---------------------------------------------------------------------- streams
+class StreamAccumulator(Protocol):
+    def add(self, item: Any) -> None: ...
+
+    def result(self) -> Extracted: ...
+
+
+def _result(call: Call, acc: StreamAccumulator) -> Extracted:
+    try:
+        return acc.result()
+    except Exception as exc:
+        call.meter._error(exc, "extract")
+        x = review_extracted(None)
+        return x
+
+
+def observe_sync(
+    call: Call, iterator: Iterator[Any], acc: StreamAccumulator
+) -> Generator[Any, None, None]:
+    """Yield ``iterator``'s items unchanged, feeding ``acc``; end ``call`` when the stream ends
+    (``ok``), raises (``error``, re-raised) or is closed early (``aborted``)."""
+    adding = True
+    try:
+        for item in iterator:
+            if adding:
+                try:
+                    acc.add(item)
+                except Exception as exc:
+                    adding = False  # one error per stream, not one per chunk
+                    call.meter._error(exc, "extract")
+            yield item
+    except GeneratorExit:
+        call.abort(_result(call, acc))
+        raise
+    except BaseException as exc:
+        call.fail(exc, _result(call, acc))
+        raise
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+    x = _result(call, acc)
+    if not adding:
+        x.needs_review = True
+    call.finish_extracted(x)
+
+
+async def observe_async(
+    call: Call, iterator: AsyncIterator[Any], acc: StreamAccumulator
+) -> AsyncGenerator[Any, None]:
+    """The ``async for`` twin of ``observe_sync``."""
+    adding = True
+    try:
+        async for item in iterator:
+            if adding:
+                try:
+                    acc.add(item)
+                except Exception as exc:
+                    adding = False
+                    call.meter._error(exc, "extract")
+            yield item
+    except GeneratorExit:
+        call.abort(_result(call, acc))
+        raise
+    except BaseException as exc:
+        call.fail(exc, _result(call, acc))
+        raise
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+    x = _result(call, acc)
+    if not adding:
+        x.needs_review = True
+    call.finish_extracted(x)
+
+
+def patch_stream(stream: T, call: Call, acc: StreamAccumulator, *, iterator_attr: str = "_iterator") -> T:
+    """Instrument an SDK stream object in place (its type, iteration, context manager and
+    helpers stay the SDK's): its internal iterator is replaced by an observing one, and its
+    ``close`` also ends the observation (an early close records an ``aborted`` attempt)."""
+    inner = getattr(stream, iterator_attr)
+    if hasattr(inner, "__anext__"):
+        agen = observe_async(call, inner, acc)
+        object.__setattr__(stream, iterator_attr, agen)
+        original_aclose = stream.close  # type: ignore[attr-defined]
+
+        async def aclose() -> None:
+            try:
+                await agen.aclose()
+            finally:
+                await original_aclose()
+
+        object.__setattr__(stream, "close", aclose)
+        return stream
+    gen = observe_sync(call, inner, acc)
+    object.__setattr__(stream, iterator_attr, gen)
+    original_close = stream.close  # type: ignore[attr-defined]
+
+    def close() -> None:
+        try:
+            gen.close()
+        finally:
+            original_close()
+
+    object.__setattr__(stream, "close", close)
+    return stream
+
+
+def no_usage(complete: bool = False) -> Extracted:
+    """An ``Extracted`` with nothing known (e.g. a stream that ended before any usage)."""
+    return Extracted(Usage(requests=1), complete=complete)

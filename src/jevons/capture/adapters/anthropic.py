@@ -1,0 +1,329 @@
+"""Anthropic Messages API: canonical usage from a ``Message`` or its SSE events.
+
+Anthropic reports the prompt in three disjoint parts — ``input_tokens`` (uncached),
+``cache_read_input_tokens`` and ``cache_creation_input_tokens`` — so the canonical
+``input_tokens`` is their sum. ``cache_creation.ephemeral_1h_input_tokens`` is the 1-hour part
+of the writes; every other write (the 5-minute part, or a write whose TTL is not reported)
+counts as a 5-minute write. ``output_tokens`` already includes thinking;
+``output_tokens_details.thinking_tokens`` is its reasoning subset.
+``server_tool_use.web_search_requests`` are billed per search; ``tool_use`` content blocks are
+the model's client tool calls.
+
+A stream reports usage twice: ``message_start`` carries the prompt side (and a provisional
+output count), ``message_delta`` the cumulative final counts. Fields the delta leaves out (or
+sends as null) keep their ``message_start`` value.
+
+Every function here reads a JSON dict and the SDK's own pydantic objects alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jevons.capture.adapters import (
+    MethodSpec,
+    fresh_copy,
+    install_attempt_hooks,
+    instrument,
+    patch_method,
+    patch_stream,
+    register_adapter,
+)
+from jevons.capture.attribution import CALL_KWARGS, Attribution, pop_call_attribution
+from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int
+from jevons.capture.extract import field as _get
+from jevons.capture.meter import Call
+from jevons.usage import Usage
+
+if TYPE_CHECKING:
+    from jevons.capture.meter import Meter
+
+T = TypeVar("T")
+
+__all__ = [
+    "API",
+    "PROVIDER",
+    "AnthropicAdapter",
+    "AnthropicStreamState",
+    "extract_message",
+    "usage_from_message",
+    "usage_from_usage_block",
+]
+
+PROVIDER = "anthropic"
+API = "messages"
+
+
+def _count(obj: Any, key: str) -> int:
+    return max(to_int(_get(obj, key)), 0)
+
+
+def usage_from_usage_block(block: Any, *, tool_calls: int = 0) -> Usage:
+    """Canonical usage of one Anthropic ``usage`` object (``Message.usage``)."""
+    if _get(block, "input_tokens") is None and _get(block, "output_tokens") is None:
+        raise UnknownShape("Anthropic usage block has neither input_tokens nor output_tokens")
+    uncached = _count(block, "input_tokens")
+    output = _count(block, "output_tokens")
+    cache_read = _count(block, "cache_read_input_tokens")
+    writes_reported = _count(block, "cache_creation_input_tokens")
+    breakdown = _get(block, "cache_creation")
+    write_1h = _count(breakdown, "ephemeral_1h_input_tokens")
+    write_5m_reported = _count(breakdown, "ephemeral_5m_input_tokens")
+    # whatever part of the writes has no 1h label is a 5m write (unknown TTL counts as 5m)
+    write_5m = max(writes_reported - write_1h, write_5m_reported)
+    thinking = _count(_get(block, "output_tokens_details"), "thinking_tokens")
+    searches = _count(_get(block, "server_tool_use"), "web_search_requests")
+    return Usage(
+        input_tokens=uncached + cache_read + write_5m + write_1h,
+        output_tokens=output,
+        cache_read_tokens=cache_read,
+        cache_write_5m_tokens=write_5m,
+        cache_write_1h_tokens=write_1h,
+        reasoning_tokens=min(thinking, output),
+        web_search_requests=searches,
+        tool_calls=tool_calls,
+    )
+
+
+def _tool_use_blocks(content: Any) -> int:
+    if not isinstance(content, list | tuple):
+        return 0
+    return sum(1 for block in content if _get(block, "type") == "tool_use")
+
+
+def usage_from_message(message: Any) -> Usage:
+    """Canonical usage of a whole ``Message`` (JSON dict or SDK object)."""
+    block = _get(message, "usage")
+    if block is None:
+        raise UnknownShape("Anthropic message has no usage block")
+    return usage_from_usage_block(block, tool_calls=_tool_use_blocks(_get(message, "content")))
+
+
+def _model(message: Any) -> str | None:
+    model = _get(message, "model")
+    return model if isinstance(model, str) and model else None
+
+
+def _tier(block: Any) -> str | None:
+    tier = _get(block, "service_tier")
+    return tier if isinstance(tier, str) and tier else None
+
+
+def extract_message(message: Any, model: str | None = None) -> Extracted:
+    """The extractor registered for ``("anthropic", "messages")``: a whole ``Message``."""
+    block = _get(message, "usage")
+    return Extracted(
+        usage=usage_from_message(message),
+        model=_model(message) or model,
+        raw_usage=as_dict(block),
+        service_tier=_tier(block),
+    )
+
+
+register_extractor(PROVIDER, API, extract_message, default=True)
+
+
+@dataclass(slots=True)
+class AnthropicStreamState:
+    """Folds the raw SSE events of one Messages stream into the usage they report.
+
+    ``add`` takes each event (dict or SDK event object) in order; ``result()`` gives what is
+    known so far (the ``StreamAccumulator`` protocol of ``jevons.capture.adapters``).
+    ``finished`` turns true on ``message_stop`` (or a ``message_delta`` that carries a
+    ``stop_reason``), so a stream cut off earlier is known to be incomplete.
+    """
+
+    model: str | None = None
+    started: bool = False
+    finished: bool = False
+    tool_calls: int = 0
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, event: Any) -> None:
+        kind = _get(event, "type")
+        if kind == "message_start":
+            message = _get(event, "message")
+            self.started = True
+            self.model = _model(message) or self.model
+            self._merge(as_dict(_get(message, "usage")))
+            self.tool_calls += _tool_use_blocks(_get(message, "content"))
+        elif kind == "content_block_start":
+            if _get(_get(event, "content_block"), "type") == "tool_use":
+                self.tool_calls += 1
+        elif kind == "message_delta":
+            self._merge(as_dict(_get(event, "usage")))
+            if _get(_get(event, "delta"), "stop_reason") is not None:
+                self.finished = True
+        elif kind == "message_stop":
+            self.finished = True
+
+    def _merge(self, block: dict[str, Any] | None) -> None:
+        if not block:
+            return
+        for key, value in block.items():
+            if value is not None:
+                self.raw[key] = value
+
+    @property
+    def has_usage(self) -> bool:
+        return "input_tokens" in self.raw or "output_tokens" in self.raw
+
+    def usage(self) -> Usage:
+        """Usage known so far; an event without any usage yet raises ``UnknownShape``."""
+        if not self.has_usage:
+            raise UnknownShape("the Anthropic stream reported no usage")
+        block = dict(self.raw)
+        block.setdefault("input_tokens", 0)
+        block.setdefault("output_tokens", 0)
+        return usage_from_usage_block(block, tool_calls=self.tool_calls)
+
+    def result(self) -> Extracted:
+        """What the stream reported so far; ``complete`` only once it reached its end. A stream
+        cut off before ``message_start`` is one request of unknown usage."""
+        if not self.has_usage:
+            return Extracted(Usage(), model=self.model, complete=False,
+                             note="stream ended before message_start; usage unknown")
+        return Extracted(
+            usage=self.usage(),
+            model=self.model,
+            complete=self.finished,
+            raw_usage=dict(self.raw),
+            service_tier=_tier(self.raw),
+            note=None if self.finished else "stream ended before message_delta; output is a lower bound",
+        )
+
+
+# ---------------------------------------------------------------------- wrapping
+def _finish(call: Call, result: Any) -> None:
+    """``with_raw_response`` hands back an API-response wrapper: parse it (the SDK caches it)."""
+    if hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
+        result = result.parse()
+    call.finish(result)
+
+
+def _observe(call: Call, stream: Any) -> Any:
+    """The SDK's own ``Stream``/``AsyncStream``, its event iterator swapped for an observing one."""
+    return patch_stream(stream, call, AnthropicStreamState(), iterator_attr="_iterator")
+
+
+def _always_stream(kwargs: dict[str, Any]) -> bool:
+    return True
+
+
+def _specs(provider: str) -> tuple[MethodSpec, MethodSpec]:
+    """(create/parse, the deferred request of a ``.stream()`` manager)."""
+    call_spec = MethodSpec(API, provider, PROVIDER, stream=_observe, on_result=_finish)
+    deferred = MethodSpec(API, provider, PROVIDER, stream=_observe, is_stream=_always_stream)
+    return call_spec, deferred
+
+
+def _defer_metered_request(
+    meter: Meter, manager: Any, spec: MethodSpec, attribution: Attribution, provider: str,
+    model: Any, per_call: Attribution | None,
+) -> None:
+    """Meter the HTTP request a ``.stream()`` manager makes when it is entered.
+
+    ``messages.stream()`` posts directly (not through ``create``), from a callable (sync) or a
+    coroutine (async) the manager keeps privately and runs in ``__enter__``/``__aenter__``;
+    that callable is replaced by a metered one, so the call begins (guards, budget, run step)
+    when the request is really made, and the raw stream it returns is observed in place.
+    """
+    state = vars(manager)
+    slot = next(name for name in state if name.endswith("__api_request"))
+    original = state[slot]
+    extra: dict[str, Any] = {"model": model}
+    if per_call is not None:
+        extra["jevons"] = {"customer": per_call.customer, "feature": per_call.feature,
+                           "tags": dict(per_call.tags)}
+    if inspect.iscoroutine(original):
+        async def request_async(**_: Any) -> Any:
+            return await original
+
+        metered_async = instrument(meter, request_async, spec, attribution, provider)
+        state[slot] = metered_async(**extra)  # a coroutine, awaited by ``__aenter__``
+        return
+
+    def request(**_: Any) -> Any:
+        return original()
+
+    state[slot] = functools.partial(instrument(meter, request, spec, attribution, provider), **extra)
+
+
+def _metered_stream_helper(
+    meter: Meter, original: Callable[..., Any], spec: MethodSpec, attribution: Attribution, provider: str,
+) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def stream(*args: Any, **kwargs: Any) -> Any:
+        per_call: Attribution | None = None
+        try:
+            per_call = pop_call_attribution(kwargs)
+        except Exception as exc:
+            for key in CALL_KWARGS:
+                kwargs.pop(key, None)
+            meter._error(exc, "attribution")
+        manager = original(*args, **kwargs)
+        try:
+            _defer_metered_request(meter, manager, spec, attribution, provider, kwargs.get("model"),
+                                   per_call)
+        except Exception as exc:
+            meter._error(exc, "wrap")
+        return manager
+
+    return stream
+
+
+class AnthropicAdapter:
+    """Meters ``Anthropic`` and ``AsyncAnthropic`` (and subclasses): ``messages.create``
+    (incl. ``stream=True``), ``messages.parse``, ``messages.stream()``, and the same methods on
+    ``beta.messages``."""
+
+    name = "anthropic"
+
+    def matches(self, client: object) -> bool:
+        try:
+            import anthropic
+        except ImportError:
+            return False
+        return isinstance(client, anthropic.Anthropic | anthropic.AsyncAnthropic)
+
+    def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T:
+        prov = provider or PROVIDER
+        call_spec, deferred_spec = _specs(prov)
+        new = fresh_copy(client)
+        install_attempt_hooks(getattr(new, "_client", None))
+        w: Any = new
+        resources = [getattr(w, "messages", None), getattr(getattr(w, "beta", None), "messages", None)]
+        for resource in resources:
+            if resource is None:
+                continue
+            for name in ("create", "parse"):
+                original = getattr(resource, name, None)
+                if callable(original):
+                    patch_method(resource, name, instrument(meter, original, call_spec, attribution, prov))
+            original_stream = getattr(resource, "stream", None)
+            if callable(original_stream):
+                patch_method(resource, "stream", _metered_stream_helper(
+                    meter, original_stream, deferred_spec, attribution, prov))
+        for name in ("copy", "with_options"):
+            original_copy = getattr(w, name, None)
+            if callable(original_copy):
+                patch_method(w, name, _rewrapping(original_copy, self, meter, attribution, provider))
+        return new
+
+
+def _rewrapping(original: Callable[..., Any], adapter: AnthropicAdapter, meter: Meter,
+                attribution: Attribution, provider: str | None) -> Callable[..., Any]:
+    """``client.with_options(...)`` / ``client.copy(...)`` of a metered client is metered too."""
+
+    @functools.wraps(original)
+    def copy_metered(*args: Any, **kwargs: Any) -> Any:
+        return adapter.wrap(meter, original(*args, **kwargs), attribution, provider)
+
+    return copy_metered
+
+
+register_adapter(AnthropicAdapter())

@@ -1,0 +1,435 @@
+"""Google Gemini (``google-genai``): canonical usage from ``usageMetadata``.
+
+Gemini's accounting, converted:
+
+- ``promptTokenCount`` is the whole prompt *including* the cached part
+  (``cachedContentTokenCount``, a subset: the cache read). Tool-use prompts
+  (``toolUsePromptTokenCount``: fetched URL context, search results fed back) come *on top* and
+  are billed as input, so canonical ``input_tokens = promptTokenCount + toolUsePromptTokenCount``.
+- ``thoughtsTokenCount`` is *additive* to ``candidatesTokenCount``: canonical
+  ``output_tokens = candidatesTokenCount + thoughtsTokenCount``, ``reasoning_tokens`` the thoughts.
+- ``promptTokensDetails`` / ``toolUsePromptTokensDetails`` / ``candidatesTokensDetails`` give
+  per-modality counts: ``AUDIO`` and ``IMAGE`` become the audio/image subsets (``VIDEO``,
+  ``DOCUMENT`` and ``TEXT`` stay plain input/output, which is how Gemini prices them).
+- Each ``functionCall`` part of a candidate is a tool call; each query in
+  ``groundingMetadata.webSearchQueries`` is a web search request (Google bills grounding per
+  search query on current models).
+
+Reads the REST JSON (camelCase), the same dict in snake_case, and the SDK's pydantic objects.
+A stream (``:streamGenerateContent?alt=sse``) repeats a cumulative ``usageMetadata`` in its
+chunks; the latest value of each field wins.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jevons.capture.adapters import (
+    MethodSpec,
+    install_attempt_hooks,
+    instrument,
+    observe_async,
+    observe_sync,
+    patch_method,
+    register_adapter,
+)
+from jevons.capture.attribution import CALL_KWARGS, Attribution, pop_call_attribution
+from jevons.capture.extract import Extracted, UnknownShape, register_extractor, to_int
+from jevons.capture.extract import field as _field
+from jevons.capture.meter import Call
+from jevons.usage import Usage
+
+if TYPE_CHECKING:
+    from jevons.capture.meter import Meter
+
+T = TypeVar("T")
+
+__all__ = [
+    "API",
+    "PROVIDER",
+    "GeminiAdapter",
+    "GeminiStreamState",
+    "extract_response",
+    "usage_from_metadata",
+    "usage_from_response",
+]
+
+PROVIDER = "gemini"
+API = "generate_content"
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _get(obj: Any, key: str) -> Any:
+    """``key`` (snake_case) from a dict in either case, or from an SDK object."""
+    value = _field(obj, key)
+    return _field(obj, _camel(key)) if value is None and isinstance(obj, Mapping) else value
+
+
+def _count(obj: Any, key: str) -> int:
+    return max(to_int(_get(obj, key)), 0)
+
+
+def _modality_counts(details: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if not isinstance(details, list | tuple):
+        return out
+    for entry in details:
+        modality = _get(entry, "modality")
+        modality = getattr(modality, "value", modality)
+        count = _count(entry, "token_count")
+        if isinstance(modality, str):
+            key = modality.upper()
+            out[key] = out.get(key, 0) + count
+    return out
+
+
+def usage_from_metadata(metadata: Any, *, tool_calls: int = 0, web_searches: int = 0) -> Usage:
+    """Canonical usage of one ``usageMetadata`` block."""
+    if _get(metadata, "prompt_token_count") is None and _get(metadata, "candidates_token_count") is None:
+        raise UnknownShape("Gemini usageMetadata has neither promptTokenCount nor candidatesTokenCount")
+    tool_prompt = _count(metadata, "tool_use_prompt_token_count")
+    thoughts = _count(metadata, "thoughts_token_count")
+    input_tokens = _count(metadata, "prompt_token_count") + tool_prompt
+    output_tokens = _count(metadata, "candidates_token_count") + thoughts
+    prompt_modal = _modality_counts(_get(metadata, "prompt_tokens_details"))
+    tool_modal = _modality_counts(_get(metadata, "tool_use_prompt_tokens_details"))
+    out_modal = _modality_counts(_get(metadata, "candidates_tokens_details"))
+    audio_in = min(prompt_modal.get("AUDIO", 0) + tool_modal.get("AUDIO", 0), input_tokens)
+    image_in = min(prompt_modal.get("IMAGE", 0) + tool_modal.get("IMAGE", 0), input_tokens - audio_in)
+    audio_out = min(out_modal.get("AUDIO", 0), output_tokens - thoughts)
+    image_out = min(out_modal.get("IMAGE", 0), output_tokens - thoughts - audio_out)
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=min(_count(metadata, "cached_content_token_count"), input_tokens),
+        reasoning_tokens=thoughts,
+        audio_input_tokens=audio_in,
+        image_input_tokens=image_in,
+        audio_output_tokens=audio_out,
+        image_output_tokens=image_out,
+        web_search_requests=web_searches,
+        tool_calls=tool_calls,
+    )
+
+
+def _parts(candidate: Any) -> list[Any]:
+    parts = _get(_get(candidate, "content"), "parts")
+    return list(parts) if isinstance(parts, list | tuple) else []
+
+
+def _candidates(response: Any) -> list[Any]:
+    candidates = _get(response, "candidates")
+    return list(candidates) if isinstance(candidates, list | tuple) else []
+
+
+def _function_calls(response: Any) -> int:
+    return sum(
+        1
+        for candidate in _candidates(response)
+        for part in _parts(candidate)
+        if _get(part, "function_call") is not None
+    )
+
+
+def _search_queries(response: Any) -> list[str]:
+    queries: list[str] = []
+    for candidate in _candidates(response):
+        found = _get(_get(candidate, "grounding_metadata"), "web_search_queries")
+        if isinstance(found, list | tuple):
+            queries.extend(str(q) for q in found)
+    return queries
+
+
+def usage_from_response(response: Any) -> Usage:
+    """Canonical usage of a whole ``GenerateContentResponse`` (JSON dict or SDK object)."""
+    metadata = _get(response, "usage_metadata")
+    if metadata is None:
+        raise UnknownShape("Gemini response has no usageMetadata")
+    return usage_from_metadata(
+        metadata, tool_calls=_function_calls(response), web_searches=len(_search_queries(response))
+    )
+
+
+def _raw(metadata: Any) -> dict[str, Any] | None:
+    """The usage block as the REST API sends it (camelCase), whatever form the caller holds."""
+    if metadata is None:
+        return None
+    if isinstance(metadata, Mapping):
+        return {_camel(str(k)): v for k, v in metadata.items()}
+    dump = getattr(metadata, "model_dump", None)
+    if callable(dump):
+        out = dump(mode="json", exclude_none=True, by_alias=True)
+        if isinstance(out, dict):
+            return out
+    return None
+
+
+def _model(response: Any) -> str | None:
+    model = _get(response, "model_version")
+    return model if isinstance(model, str) and model else None
+
+
+def extract_response(response: Any, model: str | None = None) -> Extracted:
+    """The extractor registered for ``("gemini", "generate_content")``."""
+    return Extracted(
+        usage=usage_from_response(response),
+        model=_model(response) or model,
+        raw_usage=_raw(_get(response, "usage_metadata")),
+    )
+
+
+register_extractor(PROVIDER, API, extract_response, default=True)
+
+
+@dataclass(slots=True)
+class GeminiStreamState:
+    """Folds the chunks of one ``streamGenerateContent`` stream into the usage they report.
+
+    ``add`` takes each chunk, ``result()`` gives what is known so far (the
+    ``StreamAccumulator`` protocol of ``jevons.capture.adapters``). ``finished`` turns true when
+    a candidate carries a ``finishReason``; a stream cut off before that is incomplete.
+    """
+
+    model: str | None = None
+    finished: bool = False
+    tool_calls: int = 0
+    search_queries: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, chunk: Any) -> None:
+        self.model = _model(chunk) or self.model
+        self.tool_calls += _function_calls(chunk)
+        queries = _search_queries(chunk)
+        if queries:
+            self.search_queries = queries
+        block = _raw(_get(chunk, "usage_metadata"))
+        if block:
+            self.raw.update({k: v for k, v in block.items() if v is not None})
+        if any(_get(c, "finish_reason") is not None for c in _candidates(chunk)):
+            self.finished = True
+
+    @property
+    def has_usage(self) -> bool:
+        return bool(self.raw)
+
+    def usage(self) -> Usage:
+        if not self.has_usage:
+            raise UnknownShape("the Gemini stream reported no usageMetadata")
+        return usage_from_metadata(
+            self.raw, tool_calls=self.tool_calls, web_searches=len(self.search_queries)
+        )
+
+    def result(self) -> Extracted:
+        """What the stream reported so far; ``complete`` only once a candidate finished."""
+        if not self.has_usage:
+            return Extracted(Usage(), model=self.model, complete=False,
+                             note="stream ended before any usageMetadata; usage unknown")
+        return Extracted(
+            usage=self.usage(), model=self.model, complete=self.finished, raw_usage=dict(self.raw),
+            note=None if self.finished else "stream ended before finishReason; usage is a lower bound",
+        )
+
+
+# ---------------------------------------------------------------------- wrapping
+# The ``jevons*`` keyword arguments of the public call in progress (``generate_content`` and
+# friends), handed to each per-request call it makes (automatic function calling and stream
+# continuation make several).
+_PER_CALL: ContextVar[dict[str, Any] | None] = ContextVar("jevons_gemini_per_call", default=None)
+
+
+def _bundle(meter: Meter, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Remove the ``jevons*`` kwargs from a public call; ``None`` when it had none."""
+    try:
+        per_call = pop_call_attribution(kwargs)
+    except Exception as exc:
+        for key in CALL_KWARGS:
+            kwargs.pop(key, None)
+        meter._error(exc, "attribution")
+        return None
+    if per_call is None:
+        return None
+    return {"customer": per_call.customer, "feature": per_call.feature, "tags": dict(per_call.tags)}
+
+
+def _with_bundle_sync(gen: Iterator[Any], bundle: dict[str, Any]) -> Iterator[Any]:
+    """Iterate ``gen`` with the bundle visible to each step (not between steps)."""
+    try:
+        while True:
+            token = _PER_CALL.set(bundle)
+            try:
+                item = next(gen)
+            except StopIteration:
+                return
+            finally:
+                _PER_CALL.reset(token)
+            yield item
+    finally:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
+
+
+async def _with_bundle_async(agen: AsyncIterator[Any], bundle: dict[str, Any]) -> AsyncIterator[Any]:
+    try:
+        while True:
+            token = _PER_CALL.set(bundle)
+            try:
+                item = await agen.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                _PER_CALL.reset(token)
+            yield item
+    finally:
+        aclose = getattr(agen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _public(meter: Meter, original: Callable[..., Any]) -> Callable[..., Any]:
+    """A public method that accepts the ``jevons*`` kwargs and passes them on to the metered
+    per-request calls it makes. Without them it is the SDK's method, result untouched."""
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def apublic(*args: Any, **kwargs: Any) -> Any:
+            bundle = _bundle(meter, kwargs)
+            if bundle is None:
+                return await original(*args, **kwargs)
+            token = _PER_CALL.set(bundle)
+            try:
+                result = await original(*args, **kwargs)
+            finally:
+                _PER_CALL.reset(token)
+            if inspect.isasyncgen(result):  # generate_content_stream: requests made while iterated
+                return _with_bundle_async(result, bundle)
+            return result
+
+        return apublic
+
+    @functools.wraps(original)
+    def public(*args: Any, **kwargs: Any) -> Any:
+        bundle = _bundle(meter, kwargs)
+        if bundle is None:
+            return original(*args, **kwargs)
+        token = _PER_CALL.set(bundle)
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            _PER_CALL.reset(token)
+        if inspect.isgenerator(result):
+            return _with_bundle_sync(result, bundle)
+        return result
+
+    return public
+
+
+def _per_request(metered: Callable[..., Any]) -> Callable[..., Any]:
+    """The metered per-request method, given the public call's ``jevons*`` kwargs."""
+    if inspect.iscoroutinefunction(metered):
+
+        @functools.wraps(metered)
+        async def arequest(*args: Any, **kwargs: Any) -> Any:
+            bundle = _PER_CALL.get()
+            if bundle is not None:
+                kwargs.setdefault("jevons", bundle)
+            return await metered(*args, **kwargs)
+
+        return arequest
+
+    @functools.wraps(metered)
+    def request(*args: Any, **kwargs: Any) -> Any:
+        bundle = _PER_CALL.get()
+        if bundle is not None:
+            kwargs.setdefault("jevons", bundle)
+        return metered(*args, **kwargs)
+
+    return request
+
+
+def _prepare(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
+    """``models/gemini-2.5-flash`` and ``gemini-2.5-flash`` name one model."""
+    call.model = call.model.removeprefix("models/")
+
+
+def _observe(call: Call, iterator: Any) -> Any:
+    state = GeminiStreamState()
+    if hasattr(iterator, "__anext__"):
+        return observe_async(call, iterator, state)
+    return observe_sync(call, iterator, state)
+
+
+def _always_stream(kwargs: dict[str, Any]) -> bool:
+    return True
+
+
+# per-request method -> public methods that accept the ``jevons*`` kwargs for it
+_REQUEST_METHODS = ("_generate_content", "_generate_content_stream")
+_PUBLIC_METHODS = ("generate_content", "generate_content_stream")
+
+
+class GeminiAdapter:
+    """Meters ``google.genai.Client``: ``models.generate_content``,
+    ``models.generate_content_stream`` and their ``client.aio`` forms (so ``chats`` too).
+
+    Each HTTP request is one metered call: the adapter wraps the SDK's per-request methods
+    (``_generate_content``/``_generate_content_stream``), so the several requests of automatic
+    function calling or of stream continuation are each recorded with their own usage; the
+    public methods only carry the ``jevons*`` kwargs to them. (If a future SDK renames those
+    internals, the public methods themselves are metered instead.)
+    """
+
+    name = "gemini"
+
+    def matches(self, client: object) -> bool:
+        try:
+            from google.genai import Client
+        except ImportError:
+            return False
+        return isinstance(client, Client)
+
+    def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T:
+        c: Any = client
+        api_client = c._api_client
+        prov = provider or ("vertex_ai" if getattr(api_client, "vertexai", False) else PROVIDER)
+        call_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare)
+        stream_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare, stream=_observe,
+                                 is_stream=_always_stream)
+        new: Any = copy.copy(c)
+        # the original's ``__del__`` closes the HTTP clients the copy shares: keep it alive
+        vars(new)["_jevons_unwrapped"] = c
+        new._models = copy.copy(c._models)
+        new._aio = copy.copy(c._aio)
+        new._aio._models = copy.copy(c._aio._models)
+        for http_client in (getattr(api_client, "_httpx_client", None),
+                            getattr(api_client, "_async_httpx_client", None)):
+            if http_client is not None:
+                install_attempt_hooks(http_client)
+        for models in (new._models, new._aio._models):
+            self._patch(meter, models, call_spec, stream_spec, attribution, prov)
+        return new  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _patch(meter: Meter, models: Any, call_spec: MethodSpec, stream_spec: MethodSpec,
+               attribution: Attribution, provider: str) -> None:
+        per_request = all(callable(getattr(models, name, None)) for name in _REQUEST_METHODS)
+        targets = _REQUEST_METHODS if per_request else _PUBLIC_METHODS
+        for name, spec in zip(targets, (call_spec, stream_spec), strict=True):
+            metered = instrument(meter, getattr(models, name), spec, attribution, provider)
+            patch_method(models, name, _per_request(metered) if per_request else metered)
+        if per_request:
+            for name in _PUBLIC_METHODS:
+                patch_method(models, name, _public(meter, getattr(models, name)))
+
+
+register_adapter(GeminiAdapter())

@@ -1,0 +1,467 @@
+"""OpenAI (and any OpenAI-compatible gateway reached through the ``openai`` client).
+
+Surfaces metered on ``OpenAI`` / ``AsyncOpenAI`` (and subclasses such as ``AzureOpenAI``):
+``chat.completions.create`` (incl. ``stream=True``), ``chat.completions.parse``,
+``chat.completions.stream()``, ``responses.create`` (incl. ``stream=True``),
+``responses.parse``, ``responses.stream()``, ``completions.create`` and ``embeddings.create``.
+
+Usage semantics: OpenAI's ``prompt_tokens`` / ``input_tokens`` already include
+``cached_tokens``, and ``completion_tokens`` / ``output_tokens`` already include reasoning and
+audio tokens, which is the canonical form: the breakdowns are copied as subsets. A gateway's
+``prompt_tokens_details.cache_write_tokens`` (OpenRouter) is a subset of the prompt too and
+becomes a (5-minute) cache write.
+
+On streamed chat completions the adapter asks for the usage chunk
+(``stream_options={"include_usage": True}``) unless the caller set ``include_usage`` itself.
+A stream that ends without a usage block, or is broken off or abandoned, is recorded with what
+is known (output tokens estimated from the content chunks received) and flagged incomplete.
+
+SDK retries: the wrapped copy's HTTP client gets request/response event hooks
+(``adapters.install_attempt_hooks``), so each HTTP attempt the SDK makes is seen; attempts that
+failed before a retry are recorded as ``error`` events with their attempt number.
+
+Provider name: ``openai``, ``azure`` for ``AzureOpenAI``, ``openrouter`` when the base URL is
+OpenRouter's, otherwise whatever ``meter.wrap(client, provider=...)`` says (a gateway name such
+as ``openrouter``, ``together``...). Gateways' model names are resolved through the price book.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jevons.capture.adapters import (
+    MethodSpec,
+    fresh_copy,
+    install_attempt_hooks,
+    instrument,
+    patch_method,
+    patch_stream,
+    register_adapter,
+)
+from jevons.capture.attribution import Attribution
+from jevons.capture.extract import (
+    PROVIDER_MODULES,
+    Extracted,
+    UnknownShape,
+    as_dict,
+    field,
+    get_extractor,
+    register_extractor,
+    to_int,
+)
+from jevons.capture.meter import Call
+from jevons.usage import Usage
+
+if TYPE_CHECKING:
+    from jevons.capture.meter import Meter
+
+__all__ = [
+    "ChatStreamAccumulator",
+    "OpenAIAdapter",
+    "ResponsesStreamAccumulator",
+    "chat_usage",
+    "extract_chat",
+    "extract_responses",
+    "responses_usage",
+]
+
+T = TypeVar("T")
+
+# OpenAI's service_tier values -> the price book's tiers
+_TIERS = {"default": "standard", "auto": None, "flex": "flex", "priority": "priority",
+          "scale": "priority", "batch": "batch"}
+# hosts of OpenAI-compatible gateways the adapter recognises by base URL
+GATEWAY_HOSTS: dict[str, str] = {"openrouter.ai": "openrouter"}
+
+
+# ---------------------------------------------------------------------- extraction
+def cache_writes(details: Any) -> tuple[int, int]:
+    """(short-TTL, long-TTL) cache writes from ``cache_write_tokens`` and its TTL breakdown.
+
+    OpenAI reports writes with ``cache_write_tokens_details.{ttl_30m_tokens, ttl_12h_tokens}``;
+    the short TTL is counted as the canonical ``cache_write_5m`` class and the long one as
+    ``cache_write_1h`` (the price book's short/long write rates). Without a breakdown (or for
+    a gateway such as OpenRouter) every write is short-TTL, the ``Usage`` default rule."""
+    total = to_int(field(details, "cache_write_tokens"))
+    if not total:
+        return 0, 0
+    breakdown = field(details, "cache_write_tokens_details")
+    long_ttl = to_int(field(breakdown, "ttl_12h_tokens")) + to_int(field(breakdown, "ttl_1h_tokens"))
+    long_ttl = min(long_ttl, total)
+    return total - long_ttl, long_ttl
+
+
+def chat_usage(block: Any, *, tool_calls: int = 0) -> Usage:
+    """Canonical usage from a Chat Completions (or legacy completions / embeddings) ``usage``."""
+    if block is None:
+        raise UnknownShape("response has no usage block")
+    if field(block, "prompt_tokens") is None and field(block, "completion_tokens") is None:
+        raise UnknownShape(f"usage block without prompt_tokens/completion_tokens: {as_dict(block)}")
+    prompt = field(block, "prompt_tokens_details")
+    completion = field(block, "completion_tokens_details")
+    short_writes, long_writes = cache_writes(prompt)
+    return Usage(
+        input_tokens=to_int(field(block, "prompt_tokens")),
+        output_tokens=to_int(field(block, "completion_tokens")),
+        cache_read_tokens=to_int(field(prompt, "cached_tokens")),
+        cache_write_5m_tokens=short_writes,
+        cache_write_1h_tokens=long_writes,
+        audio_input_tokens=to_int(field(prompt, "audio_tokens")),
+        image_input_tokens=to_int(field(prompt, "image_tokens")),
+        reasoning_tokens=to_int(field(completion, "reasoning_tokens")),
+        audio_output_tokens=to_int(field(completion, "audio_tokens")),
+        image_output_tokens=to_int(field(completion, "image_tokens")),
+        tool_calls=tool_calls,
+    )
+
+
+def responses_usage(block: Any, *, tool_calls: int = 0, web_searches: int = 0) -> Usage:
+    """Canonical usage from a Responses API ``usage`` block."""
+    if block is None:
+        raise UnknownShape("response has no usage block")
+    if field(block, "input_tokens") is None and field(block, "output_tokens") is None:
+        raise UnknownShape(f"usage block without input_tokens/output_tokens: {as_dict(block)}")
+    inp = field(block, "input_tokens_details")
+    out = field(block, "output_tokens_details")
+    short_writes, long_writes = cache_writes(inp)
+    return Usage(
+        input_tokens=to_int(field(block, "input_tokens")),
+        output_tokens=to_int(field(block, "output_tokens")),
+        cache_read_tokens=to_int(field(inp, "cached_tokens")),
+        cache_write_5m_tokens=short_writes,
+        cache_write_1h_tokens=long_writes,
+        audio_input_tokens=to_int(field(inp, "audio_tokens")),
+        image_input_tokens=to_int(field(inp, "image_tokens")),
+        reasoning_tokens=to_int(field(out, "reasoning_tokens")),
+        image_output_tokens=to_int(field(out, "image_tokens")),
+        tool_calls=tool_calls,
+        web_search_requests=web_searches,
+    )
+
+
+def _tier(value: Any) -> str | None:
+    return _TIERS.get(value) if isinstance(value, str) else None
+
+
+def _chat_tool_calls(response: Any) -> int:
+    n = 0
+    for choice in field(response, "choices", ()) or ():
+        message = field(choice, "message")
+        n += len(field(message, "tool_calls", ()) or ())
+        if field(message, "function_call") is not None:
+            n += 1
+    return n
+
+
+_TOOL_ITEMS = frozenset({"function_call", "custom_tool_call", "mcp_call", "computer_call",
+                         "local_shell_call", "shell_call", "apply_patch_call", "code_interpreter_call",
+                         "file_search_call", "image_generation_call", "web_search_call"})
+
+
+def _responses_tools(response: Any) -> tuple[int, int]:
+    tools = searches = 0
+    for item in field(response, "output", ()) or ():
+        kind = field(item, "type")
+        if kind in _TOOL_ITEMS:
+            tools += 1
+        if kind == "web_search_call":
+            searches += 1
+    return tools, searches
+
+
+def extract_chat(response: Any, model: str | None = None) -> Extracted:
+    block = field(response, "usage")
+    return Extracted(
+        chat_usage(block, tool_calls=_chat_tool_calls(response)),
+        model=field(response, "model") or model,
+        raw_usage=None,
+        service_tier=_tier(field(response, "service_tier")),
+    )
+
+
+def extract_responses(response: Any, model: str | None = None) -> Extracted:
+    block = field(response, "usage")
+    tools, searches = _responses_tools(response)
+    status = field(response, "status")
+    return Extracted(
+        responses_usage(block, tool_calls=tools, web_searches=searches),
+        model=field(response, "model") or model,
+        service_tier=_tier(field(response, "service_tier")),
+        status="error" if status == "failed" else None,
+        note=f"response status {status}" if status in ("failed", "incomplete") else None,
+    )
+
+
+def extract_auto(response: Any, model: str | None = None) -> Extracted:
+    """Chat-shaped usage (``prompt_tokens``) or Responses-shaped (``input_tokens``)."""
+    block = field(response, "usage")
+    if field(block, "input_tokens") is not None or field(response, "object") == "response":
+        return extract_responses(response, model)
+    return extract_chat(response, model)
+
+
+register_extractor("openai", "chat", extract_chat)
+register_extractor("openai", "completions", extract_chat)
+register_extractor("openai", "embeddings", extract_chat)
+register_extractor("openai", "responses", extract_responses)
+register_extractor("openai", None, extract_auto)
+register_extractor("azure", "chat", extract_chat)
+register_extractor("azure", "completions", extract_chat)
+register_extractor("azure", "embeddings", extract_chat)
+register_extractor("azure", "responses", extract_responses)
+register_extractor("azure", None, extract_auto)
+
+
+# ---------------------------------------------------------------------- streams
+class ChatStreamAccumulator:
+    """Reads ``ChatCompletionChunk``s: the usage chunk, the model, tool calls, content chunks."""
+
+    __slots__ = ("content_chunks", "extractor", "model", "service_tier", "tool_ids", "usage_chunk")
+
+    def __init__(self, extractor: Callable[[Any, str | None], Extracted], model: str) -> None:
+        self.extractor = extractor
+        self.model: str | None = model or None
+        self.usage_chunk: Any = None
+        self.service_tier: Any = None
+        self.content_chunks = 0
+        self.tool_ids: set[tuple[int, int]] = set()
+
+    def add(self, chunk: Any) -> None:
+        if field(chunk, "usage") is not None:
+            self.usage_chunk = chunk
+        model = field(chunk, "model")
+        if model:
+            self.model = model
+        tier = field(chunk, "service_tier")
+        if tier is not None:
+            self.service_tier = tier
+        for choice in field(chunk, "choices", ()) or ():
+            delta = field(choice, "delta")
+            if delta is None:
+                continue
+            if field(delta, "content") or field(delta, "refusal") or field(delta, "audio"):
+                self.content_chunks += 1
+            for tc in field(delta, "tool_calls", ()) or ():
+                self.tool_ids.add((to_int(field(choice, "index", 0)), to_int(field(tc, "index", 0))))
+
+    def result(self) -> Extracted:
+        if self.usage_chunk is not None:
+            x = self.extractor(self.usage_chunk, self.model)
+            if self.tool_ids and not x.usage.tool_calls:
+                x.usage = _with_tools(x.usage, len(self.tool_ids))
+            if x.service_tier is None:
+                x.service_tier = _tier(self.service_tier)
+            return x
+        return Extracted(
+            Usage(output_tokens=self.content_chunks, tool_calls=len(self.tool_ids)),
+            model=self.model, complete=False, service_tier=_tier(self.service_tier),
+            note="stream ended without a usage block; output estimated from content chunks",
+        )
+
+
+def _with_tools(usage: Usage, n: int) -> Usage:
+    d = usage.to_dict()
+    d["tool_calls"] = n
+    return Usage(**d)
+
+
+_FINAL_EVENTS = {"response.completed": None, "response.incomplete": None, "response.failed": "error"}
+
+
+class ResponsesStreamAccumulator:
+    """Reads Responses API stream events; the usage is in ``response.completed`` (or
+    ``response.incomplete`` / ``response.failed``)."""
+
+    __slots__ = ("deltas", "extractor", "final", "final_type", "model")
+
+    def __init__(self, extractor: Callable[[Any, str | None], Extracted], model: str) -> None:
+        self.extractor = extractor
+        self.model: str | None = model or None
+        self.final: Any = None
+        self.final_type: str | None = None
+        self.deltas = 0
+
+    def add(self, event: Any) -> None:
+        kind = field(event, "type")
+        if kind == "response.output_text.delta" or kind == "response.refusal.delta":
+            self.deltas += 1
+        elif kind in _FINAL_EVENTS:
+            self.final = field(event, "response")
+            self.final_type = kind
+        elif kind == "response.created":
+            model = field(field(event, "response"), "model")
+            if model:
+                self.model = model
+
+    def result(self) -> Extracted:
+        if self.final is not None and field(self.final, "usage") is not None:
+            x = self.extractor(self.final, self.model)
+            if self.final_type == "response.failed":
+                x.status = "error"
+                x.note = x.note or "response.failed"
+            return x
+        return Extracted(
+            Usage(output_tokens=self.deltas), model=self.model, complete=False,
+            note="stream ended before response.completed; output estimated from text deltas",
+        )
+
+
+# ---------------------------------------------------------------------- wrapping
+def _prepare_chat(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
+    if not streaming:
+        return
+    options = kwargs.get("stream_options")
+    if isinstance(options, dict):
+        if "include_usage" not in options:
+            kwargs["stream_options"] = {**options, "include_usage": True}
+    elif options is None or type(options).__name__ in ("Omit", "NotGiven"):
+        kwargs["stream_options"] = {"include_usage": True}
+
+
+def _unwrap_raw(result: Any) -> Any:
+    """``with_raw_response`` hands back an API-response wrapper: parse it (cached by the SDK)."""
+    if hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
+        return result.parse()
+    return result
+
+
+def _finish(call: Call, result: Any) -> None:
+    call.finish(_unwrap_raw(result))
+
+
+def _chat_stream(call: Call, stream: Any) -> Any:
+    acc = ChatStreamAccumulator(get_extractor(call.extractor, "chat"), call.model)
+    return patch_stream(stream, call, acc)
+
+
+def _responses_stream(call: Call, stream: Any) -> Any:
+    acc = ResponsesStreamAccumulator(get_extractor(call.extractor, "responses"), call.model)
+    return patch_stream(stream, call, acc)
+
+
+CHAT = MethodSpec(api="chat", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish)
+CHAT_PARSE = MethodSpec(api="chat", on_result=_finish)
+RESPONSES = MethodSpec(api="responses", stream=_responses_stream, on_result=_finish)
+RESPONSES_PARSE = MethodSpec(api="responses", on_result=_finish)
+COMPLETIONS = MethodSpec(api="completions", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish)
+EMBEDDINGS = MethodSpec(api="embeddings", on_result=_finish)
+
+
+def provider_of(client: Any) -> str:
+    """``openai``, ``azure`` or a gateway recognised by its base URL."""
+    if "Azure" in type(client).__name__:
+        return "azure"
+    host = str(getattr(getattr(client, "base_url", None), "host", "") or "")
+    for suffix, name in GATEWAY_HOSTS.items():
+        if host == suffix or host.endswith("." + suffix):
+            return name
+    return "openai"
+
+
+def _bind_jevons_kwargs(manager: Any, metered_create: Callable[..., Any], bundle: dict[str, Any]) -> None:
+    """Give a ``.stream()`` manager's deferred request the call's own attribution."""
+    import functools
+
+    state = getattr(manager, "__dict__", {})
+    for name, value in list(state.items()):
+        if isinstance(value, functools.partial) and value.func is metered_create:
+            state[name] = functools.partial(value.func, *value.args, **{**value.keywords, "jevons": bundle})
+
+
+def _metered_stream_helper(
+    original: Callable[..., Any], metered_create: Callable[..., Any]
+) -> Callable[..., Any]:
+    """``.stream(...)`` accepts the ``jevons*`` kwargs too; the deferred ``create`` (already
+    metered) receives them when the manager is entered."""
+    import functools
+
+    from jevons.capture.attribution import pop_call_attribution
+
+    @functools.wraps(original)
+    def stream(*args: Any, **kwargs: Any) -> Any:
+        per_call = pop_call_attribution(kwargs)
+        manager = original(*args, **kwargs)
+        if per_call is not None:
+            _bind_jevons_kwargs(manager, metered_create, {
+                "customer": per_call.customer, "feature": per_call.feature, "tags": dict(per_call.tags)})
+        return manager
+
+    return stream
+
+
+class OpenAIAdapter:
+    name = "openai"
+
+    def matches(self, client: object) -> bool:
+        try:
+            import openai
+        except ImportError:
+            return False
+        return isinstance(client, (openai.OpenAI, openai.AsyncOpenAI))
+
+    def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T:
+        prov = provider or provider_of(client)
+        extractor = prov if prov in PROVIDER_MODULES else "openai"
+        import openai
+
+        is_async = isinstance(client, openai.AsyncOpenAI)
+        new = fresh_copy(client)
+        install_attempt_hooks(getattr(new, "_client", None))
+
+        def metered(resource: Any, name: str, spec: MethodSpec) -> Callable[..., Any] | None:
+            original = getattr(resource, name, None)
+            if original is None:
+                return None
+            spec_for = MethodSpec(spec.api, prov, extractor, spec.model_kwarg, spec.prepare, spec.stream,
+                                  spec.is_stream, spec.on_result)
+            fn = instrument(meter, original, spec_for, attribution, prov, is_async=is_async)
+            patch_method(resource, name, fn)
+            return fn
+
+        w: Any = new
+        chat = getattr(getattr(w, "chat", None), "completions", None)
+        if chat is not None:
+            create = metered(chat, "create", CHAT)
+            metered(chat, "parse", CHAT_PARSE)
+            if create is not None and hasattr(chat, "stream"):
+                patch_method(chat, "stream", _metered_stream_helper(chat.stream, create))
+        responses = getattr(w, "responses", None)
+        if responses is not None:
+            create = metered(responses, "create", RESPONSES)
+            metered(responses, "parse", RESPONSES_PARSE)
+            if create is not None and hasattr(responses, "stream"):
+                patch_method(responses, "stream", _metered_stream_helper(responses.stream, create))
+        completions = getattr(w, "completions", None)
+        if completions is not None:
+            metered(completions, "create", COMPLETIONS)
+        embeddings = getattr(w, "embeddings", None)
+        if embeddings is not None:
+            metered(embeddings, "create", EMBEDDINGS)
+
+        adapter = self
+        for name in ("copy", "with_options"):
+            original_copy = getattr(w, name, None)
+            if callable(original_copy):
+                patch_method(w, name, _rewrapping(original_copy, adapter, meter, attribution, provider))
+        return new
+
+
+def _rewrapping(original: Callable[..., Any], adapter: OpenAIAdapter, meter: Meter,
+                attribution: Attribution, provider: str | None) -> Callable[..., Any]:
+    def copy_metered(*args: Any, **kwargs: Any) -> Any:
+        return adapter.wrap(meter, original(*args, **kwargs), attribution, provider)
+
+    return copy_metered
+
+
+def gateway_cost(block: Any) -> Decimal | None:
+    """A gateway's own charge for the call (``usage.cost``), exact from its JSON number."""
+    cost = field(block, "cost")
+    if cost is None or isinstance(cost, bool):
+        return None
+    return Decimal(str(cost))
+
+
+register_adapter(OpenAIAdapter())

@@ -1,0 +1,121 @@
+"""Who a call is billed to: customer, feature and tags, from four places.
+
+Precedence, field by field (the first that sets a field wins; tags merge key by key in the
+same order):
+
+1. **per call** — keyword arguments the wrapper removes before the provider sees them:
+   ``jevons_customer=``, ``jevons_feature=``, ``jevons_tags=`` or one ``jevons={...}`` dict
+   with the keys ``customer``, ``feature``, ``tags``;
+2. **per wrapped client** — ``meter.wrap(client, customer=..., feature=..., tags=...)``;
+3. **per context** — ``with meter.context(customer=...)`` (a ``contextvars`` value: each thread
+   and each asyncio task sees its own; nested contexts override field by field), and the
+   enclosing ``meter.run(..., customer=...)``;
+4. **the meter's default** — ``Meter(customer=..., feature=..., tags=...)``.
+
+A call with no customer after all four is kept as *unattributed* (``Event.customer is None``)
+and counted in ``meter.stats()``; it is never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CALL_KWARGS",
+    "EMPTY",
+    "Attribution",
+    "attribution_context",
+    "current_context",
+    "pop_call_attribution",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    customer: str | None = None
+    feature: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def over(self, base: Attribution | None) -> Attribution:
+        """This attribution with ``base`` filling the fields it leaves unset."""
+        if base is None or base is EMPTY:
+            return self
+        if self is EMPTY:
+            return base
+        if base.tags and self.tags:
+            tags: Mapping[str, str] = {**base.tags, **self.tags}
+        else:
+            tags = self.tags or base.tags
+        return Attribution(
+            self.customer if self.customer is not None else base.customer,
+            self.feature if self.feature is not None else base.feature,
+            tags,
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        return self.customer is None and self.feature is None and not self.tags
+
+
+EMPTY = Attribution()
+
+CALL_KWARGS = ("jevons", "jevons_customer", "jevons_feature", "jevons_tags")
+"""Keyword arguments a wrapped method removes before calling the provider."""
+
+_CONTEXT: ContextVar[Attribution] = ContextVar("jevons_attribution", default=EMPTY)
+
+
+def make(
+    customer: str | None = None, feature: str | None = None, tags: Mapping[str, Any] | None = None
+) -> Attribution:
+    if customer is None and feature is None and not tags:
+        return EMPTY
+    return Attribution(
+        None if customer is None else str(customer),
+        None if feature is None else str(feature),
+        {str(k): str(v) for k, v in tags.items()} if tags else {},
+    )
+
+
+def pop_call_attribution(kwargs: MutableMapping[str, Any]) -> Attribution | None:
+    """Remove the ``jevons*`` keyword arguments from ``kwargs``; ``None`` when there were none.
+
+    Cheap when there are none (the common case): four dict membership tests.
+    """
+    if not ("jevons" in kwargs or "jevons_customer" in kwargs or "jevons_feature" in kwargs
+            or "jevons_tags" in kwargs):
+        return None
+    bundle = kwargs.pop("jevons", None) or {}
+    if not isinstance(bundle, Mapping):
+        raise TypeError("jevons= must be a dict with keys customer, feature, tags")
+    unknown = set(bundle) - {"customer", "feature", "tags"}
+    if unknown:
+        raise TypeError(f"jevons= has unknown key(s) {sorted(unknown)}")
+    customer = kwargs.pop("jevons_customer", None)
+    feature = kwargs.pop("jevons_feature", None)
+    tags = dict(bundle.get("tags") or {})
+    tags.update(kwargs.pop("jevons_tags", None) or {})
+    return make(
+        customer if customer is not None else bundle.get("customer"),
+        feature if feature is not None else bundle.get("feature"),
+        tags,
+    )
+
+
+def current_context() -> Attribution:
+    return _CONTEXT.get()
+
+
+@contextmanager
+def attribution_context(attribution: Attribution) -> Iterator[Attribution]:
+    """Set ``attribution`` (over the enclosing context) for the ``with`` block."""
+    merged = attribution.over(_CONTEXT.get())
+    token = _CONTEXT.set(merged)
+    try:
+        yield merged
+    finally:
+        _CONTEXT.reset(token)

@@ -1,0 +1,676 @@
+"""The Meter: wraps provider clients, turns each call attempt into a priced, attributed Event.
+
+```python
+meter = jevons.Meter()
+client = meter.wrap(OpenAI(), customer="acme", feature="summarize")
+client.chat.completions.create(...)   # same arguments, same return value, same exceptions
+```
+
+Construction (every argument optional)::
+
+    Meter(book=None, ledger=None, sinks=(), guards=(), on_error=None,
+          customer=None, feature=None, tags=None, settings=None)
+
+- ``book``: the ``PriceBook``; ``None`` = ``jevons.prices.loader.default_book()`` (an empty book,
+  so every call comes back *unpriced*, if the loader is not available).
+- ``ledger``: an ``EventStore`` used as is; ``"memory"`` = ``MemoryStore``; ``None`` =
+  ``jevons.ledger.open_store(settings)`` when it exists, else ``MemoryStore``. Each event is
+  handed to ``store.append(event)`` (durable before it returns) and then to each sink.
+- ``sinks``: callables called with each ``Event`` after it is stored. A sink that raises is
+  counted (kind ``sink``), never propagated.
+- ``guards``: callables ``guard(customer, provider, model, attribution)`` called before every
+  provider call (``model`` is the requested model, ``attribution`` the resolved
+  ``Attribution``). A guard may raise a ``jevons.capture.errors.JevonsEnforcement`` subclass
+  (e.g. ``CapReached``): it reaches the caller and the provider is not called. Any other
+  exception from a guard is an instrumentation error (kind ``guard``): counted, the call proceeds.
+- ``on_error``: ``on_error(exc, kind)`` for every instrumentation error (``kind`` one of
+  ``extract``, ``price``, ``store``, ``sink``, ``guard``, ``adapter``, ``attribution``,
+  ``wrap``). Errors are also counted in ``stats()`` and logged (first few per kind at WARNING).
+- ``customer``/``feature``/``tags``: the default attribution (see ``jevons.capture.attribution``
+  for the precedence: per call > per client > context/run > default).
+
+Use:
+
+- ``meter.wrap(client, customer=, feature=, tags=, provider=)`` — same client type back
+  (``isinstance`` holds); ``provider=`` names an OpenAI-compatible gateway (``openrouter``...).
+- ``meter.context(customer=, feature=, tags=)`` — ``with`` block attribution (contextvars).
+- ``meter.run(run_id=None, customer=, feature=, tags=, budget_usd=)`` — an agent run; yields
+  a ``Run`` with running totals; ``budget_usd`` makes over-budget calls raise
+  ``BudgetExceeded`` before the provider is called.
+- ``meter.record(model=, usage=, provider=, ...)`` — record a call made any other way.
+- ``meter.litellm_callback()`` — a LiteLLM custom logger metering ``litellm.completion``.
+- ``meter.events(query=None)`` — the events stored (``EventQuery`` filters).
+- ``meter.stats()`` — counts: events, ok/error/aborted, unattributed, needs_review, unpriced,
+  estimated, incomplete, blocked, errors (total) and errors_by_kind.
+- ``meter.close()`` / ``with Meter() as meter:`` — flush sinks and close the store.
+
+Adapter-facing API (see ``jevons.capture.adapters``): ``meter.begin(...) -> Call`` before the
+provider call, then exactly one of ``call.finish(response)``, ``call.finish_extracted(x)``,
+``call.fail(exc)``, ``call.abort(x)``. None of these raise (except ``begin``, which raises the
+``JevonsEnforcement`` of a guard or a run budget, on purpose).
+
+Hot path: no pydantic, no logging, no I/O but ``store.append``; price lookups are cached by the
+book; ids are a per-process random prefix plus a counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from importlib import import_module
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from jevons.capture import attribution as _attr
+from jevons.capture.attribution import EMPTY, Attribution
+from jevons.capture.errors import JevonsEnforcement
+from jevons.capture.extract import Extracted, as_dict, get_extractor
+from jevons.capture.run import _RUN, Run
+from jevons.events import AttemptStatus, Event
+from jevons.ledger.base import EventQuery, EventStore, MemoryStore
+from jevons.prices.book import PriceBook
+from jevons.prices.cost import Cost, unpriced_cost
+from jevons.prices.model import ServiceTier
+from jevons.usage import Usage
+
+if TYPE_CHECKING:
+    from jevons.config import Settings
+
+__all__ = ["CURRENT_CALL", "Call", "Guard", "Meter", "Sink"]
+
+log = logging.getLogger("jevons.capture")
+
+T = TypeVar("T")
+Sink = Callable[[Event], Any]
+Guard = Callable[[str | None, str, str, Attribution], Any]
+ErrorHook = Callable[[BaseException, str], Any]
+
+CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", default=None)
+"""The call whose provider request is in flight (HTTP attempt hooks read it)."""
+
+_WARN_FIRST = 5
+_NO_USAGE = Usage(requests=0)
+_TIERS = frozenset(t.value for t in ServiceTier)
+# providers the price book knows by name; any other provider (a gateway) prices without a hint
+_BOOK_PROVIDERS = frozenset({
+    "openai", "azure", "azure_openai", "anthropic", "google", "gemini", "google-genai", "vertex",
+    "vertex_ai", "mistral", "mistralai", "bedrock", "aws", "aws-bedrock",
+})
+
+
+class _Ids:
+    """Unique ids cheaply: a random per-process prefix and a counter (re-seeded after fork)."""
+
+    def __init__(self) -> None:
+        self._seed()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._seed)
+
+    def _seed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):012x}"
+
+
+_IDS = _Ids()
+
+
+class Call:
+    """One logical provider call in flight: attribution, run step, HTTP attempts seen so far."""
+
+    __slots__ = (
+        "api", "attempt_no", "attribution", "done", "extractor", "http_attempts", "meter", "model",
+        "price_hint", "provider", "region", "run", "step",
+    )
+
+    def __init__(
+        self,
+        meter: Meter,
+        provider: str,
+        api: str | None,
+        model: str,
+        attribution: Attribution,
+        run: Run | None,
+        step: int | None,
+        extractor: str,
+    ) -> None:
+        self.meter = meter
+        self.provider = provider
+        self.api = api
+        self.model = model
+        self.attribution = attribution
+        self.run = run
+        self.step = step
+        self.extractor = extractor
+        self.price_hint = provider if provider in _BOOK_PROVIDERS else None
+        self.http_attempts: list[int | None] = []  # status per HTTP attempt (None: no response)
+        self.done = False
+        self.region: str | None = None
+        self.attempt_no: int | None = None  # set when the adapter numbers attempts itself
+
+    # ---------------------------------------------------------------- outcomes (never raise)
+    def finish(self, response: Any) -> Event | None:
+        """A complete (non-streamed) response: extract its usage and record the attempt."""
+        if self.done:
+            return None
+        try:
+            extracted = get_extractor(self.extractor, self.api)(response, self.model)
+        except Exception as exc:
+            self.meter._error(exc, "extract")
+            extracted = review_extracted(response)
+        return self.finish_extracted(extracted)
+
+    def finish_extracted(self, extracted: Extracted, status: AttemptStatus = "ok",
+                         error: str | None = None) -> Event | None:
+        if self.done:
+            return None
+        self.done = True
+        try:
+            self._failed_http_attempts()
+            if extracted.status in ("error", "aborted") and status == "ok":
+                status = extracted.status  # type: ignore[assignment]
+                error = error or extracted.note
+            return self.meter._emit(self, extracted, status, self._attempt_no(), error)
+        except Exception as exc:
+            self.meter._error(exc, "adapter")
+            return None
+
+    def abort(self, extracted: Extracted | None = None, reason: str = "stream abandoned") -> Event | None:
+        """A stream broken off or abandoned before its end: what is known, flagged incomplete."""
+        x = extracted if extracted is not None else Extracted(_NO_USAGE, complete=False)
+        if x.complete:
+            x.complete = False
+        return self.finish_extracted(x, "aborted", reason)
+
+    def fail(self, exc: BaseException, extracted: Extracted | None = None) -> Event | None:
+        """The provider call raised. An HTTP status error with no usage produced nothing billable;
+        anything else (timeout, connection lost, error mid-stream) may have: flagged incomplete."""
+        if self.done:
+            return None
+        status_code = _status_of(exc)
+        if extracted is None:
+            extracted = Extracted(_NO_USAGE, complete=status_code is not None)
+        elif status_code is None:
+            extracted.complete = False
+        label = f"{type(exc).__name__}" + (f" (HTTP {status_code})" if status_code else "")
+        status: AttemptStatus = "aborted" if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) else "error"
+        return self.finish_extracted(extracted, status, label)
+
+    # ---------------------------------------------------------------- HTTP attempts
+    def _attempt_no(self) -> int:
+        return self.attempt_no or max(len(self.http_attempts), 1)
+
+    def _failed_http_attempts(self) -> None:
+        """Each HTTP attempt before the last one failed (the SDK retried): one event each."""
+        attempts = self.http_attempts
+        for i in range(len(attempts) - 1):
+            code = attempts[i]
+            if code is None:
+                x = Extracted(_NO_USAGE, complete=False)
+                err = "no response (connection error or timeout); retried"
+            else:
+                x = Extracted(_NO_USAGE, complete=True)
+                err = f"HTTP {code}; retried"
+            self.meter._emit(self, x, "error", i + 1, err)
+
+
+def review_extracted(response: Any) -> Extracted:
+    """The event for a response shape no extractor knows: usage unknown, raw block kept."""
+    raw: dict[str, Any] | None
+    try:
+        usage_block = response.get("usage") if isinstance(response, Mapping) else getattr(
+            response, "usage", None)
+        if usage_block is not None:
+            raw = as_dict(usage_block)
+        elif response is None:
+            raw = None
+        else:
+            raw = {"usage": None, "response_type": type(response).__name__}
+    except Exception:
+        raw = {"repr": repr(response)[:2000]}
+    return Extracted(_NO_USAGE, complete=False, needs_review=True, raw_usage=raw,
+                     note="usage shape not recognised; kept for review")
+
+
+def _status_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, int):
+        return code
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+class _Scope:
+    """``with``/``async with`` around a context-variable change."""
+
+    def __init__(self, enter: Callable[[], Any], exit_: Callable[[], None], value: Any) -> None:
+        self._enter = enter
+        self._exit = exit_
+        self.value = value
+
+    def __enter__(self) -> Any:
+        self._enter()
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit()
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+
+class Meter:
+    """Meters LLM calls into Events. See the module docstring for the full contract."""
+
+    def __init__(
+        self,
+        *,
+        book: PriceBook | None = None,
+        ledger: EventStore | str | None = None,
+        sinks: Iterable[Sink] = (),
+        guards: Iterable[Guard] = (),
+        on_error: ErrorHook | None = None,
+        customer: str | None = None,
+        feature: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self._settings = settings
+        self.book = book if book is not None else _default_book()
+        self.store: EventStore = self._open_store(ledger)
+        self.sinks: list[Sink] = list(sinks)
+        self.guards: list[Guard] = list(guards)
+        self.on_error = on_error
+        self.default = _attr.make(customer, feature, tags)
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("events", "ok", "error", "aborted", "unattributed", "needs_review", "unpriced",
+             "estimated", "incomplete", "blocked", "errors", "unstored"), 0)
+        self._errors_by_kind: dict[str, int] = {}
+        self._backlog: list[Event] = []  # events the store refused; retried on the next append
+        self._closed = False
+
+    # ================================================================== setup
+    def _open_store(self, ledger: EventStore | str | None) -> EventStore:
+        if ledger == "memory":
+            return MemoryStore()
+        if isinstance(ledger, str):
+            raise ValueError(f"Meter(ledger=...) takes an EventStore, 'memory' or None, not {ledger!r}")
+        if ledger is not None:
+            return ledger
+        try:
+            ledger_mod = import_module("jevons.ledger")
+            open_store = getattr(ledger_mod, "open_store", None)
+            if open_store is None:
+                return MemoryStore()
+            settings = self._settings
+            if settings is None:
+                from jevons.config import load_settings
+
+                settings = load_settings()
+            store: EventStore = open_store(settings)
+            return store
+        except Exception as exc:  # a broken ledger must not stop the app from starting
+            log.warning("jevons: could not open the ledger (%s); events are kept in memory", exc)
+            return MemoryStore()
+
+    # ================================================================== public API
+    def wrap(
+        self,
+        client: T,
+        *,
+        customer: str | None = None,
+        feature: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        provider: str | None = None,
+    ) -> T:
+        """The same client (same type), every supported method metered. Unsupported client
+        type: ``TypeError``. An adapter bug while wrapping: logged, counted, client returned
+        unwrapped (the app keeps working)."""
+        from jevons.capture.adapters import find_adapter
+
+        adapter = find_adapter(client)
+        if adapter is None:
+            raise TypeError(f"jevons cannot meter a {type(client).__module__}.{type(client).__qualname__}")
+        try:
+            return adapter.wrap(self, client, _attr.make(customer, feature, tags), provider)
+        except Exception as exc:
+            self._error(exc, "wrap")
+            return client
+
+    def context(
+        self, *, customer: str | None = None, feature: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> _Scope:
+        """``with meter.context(customer="acme"):`` — attribution for calls in the block."""
+        return _attribution_scope(_attr.make(customer, feature, tags))
+
+    def run(
+        self,
+        run_id: str | None = None,
+        *,
+        customer: str | None = None,
+        feature: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        budget_usd: Decimal | str | int | None = None,
+    ) -> _Scope:
+        """``with meter.run("r1", customer="acme", budget_usd="1.50") as run:`` (see ``capture.run``)."""
+        budget = None if budget_usd is None else Decimal(str(budget_usd))
+        if isinstance(budget_usd, float):
+            raise TypeError("budget_usd must be a Decimal, str or int (floats are not exact)")
+        attribution = _attr.make(customer, feature, tags)
+        run = Run(run_id or _IDS.next(), attribution, budget)
+        tokens: list[Any] = []
+
+        def enter() -> None:
+            tokens.append(_RUN.set(run))
+            tokens.append(_attr._CONTEXT.set(attribution.over(_attr._CONTEXT.get())))
+
+        def exit_() -> None:
+            _attr._CONTEXT.reset(tokens.pop())
+            _RUN.reset(tokens.pop())
+
+        return _Scope(enter, exit_, run)
+
+    def record(
+        self,
+        *,
+        model: str,
+        usage: Usage | Mapping[str, int],
+        provider: str,
+        customer: str | None = None,
+        feature: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        api: str | None = None,
+        status: AttemptStatus = "ok",
+        attempt: int = 1,
+        usage_complete: bool = True,
+        gateway_cost_usd: Decimal | str | None = None,
+        raw_usage: dict[str, Any] | None = None,
+        model_served: str | None = None,
+        service_tier: str | None = None,
+        region: str | None = None,
+        error: str | None = None,
+        timestamp: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Record a call made any other way. Attribution and run come from the arguments, then
+        the context, then the meter's default. Bad arguments raise ``ValueError``/``TypeError``
+        (this is the caller's own code, not a wrapped call)."""
+        if not isinstance(usage, Usage):
+            usage = Usage.from_dict(dict(usage))
+        gw = None if gateway_cost_usd is None else Decimal(str(gateway_cost_usd))
+        attribution = _attr.make(customer, feature, tags).over(_attr._CONTEXT.get()).over(self.default)
+        run = _RUN.get()
+        step = run.next_step() if run is not None else None
+        call = Call(self, provider, api, model, attribution, run, step, provider)
+        extracted = Extracted(usage, model_served, usage_complete, False, raw_usage, gw,
+                              service_tier, region)
+        event = self._emit(call, extracted, status, attempt, error, timestamp=timestamp,
+                           idempotency_key=idempotency_key, strict=True)
+        assert event is not None
+        return event
+
+    def litellm_callback(self, **attribution: Any) -> Any:
+        """A LiteLLM ``CustomLogger`` that meters ``litellm.completion``/``acompletion``:
+        ``litellm.callbacks = [meter.litellm_callback()]``."""
+        from jevons.capture.adapters.litellm import JevonsLiteLLMCallback
+
+        return JevonsLiteLLMCallback(self, _attr.make(**attribution))
+
+    def events(self, query: EventQuery | None = None) -> list[Event]:
+        return self.store.query(query)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = dict(self._counts)
+            out["errors_by_kind"] = dict(self._errors_by_kind)
+            out["backlog"] = len(self._backlog)
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._flush_backlog()
+        for sink in self.sinks:
+            for name in ("flush", "close"):
+                fn = getattr(sink, name, None)
+                if callable(fn):
+                    try:
+                        fn()
+                    except Exception as exc:
+                        self._error(exc, "sink")
+        try:
+            self.store.close()
+        except Exception as exc:
+            self._error(exc, "store")
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ================================================================== adapter API
+    def begin(
+        self,
+        provider: str,
+        api: str | None,
+        model: Any,
+        client_attribution: Attribution,
+        kwargs: MutableMapping[str, Any] | None = None,
+        *,
+        extractor: str | None = None,
+    ) -> Call | None:
+        """Start a call: remove ``jevons*`` kwargs from ``kwargs``, resolve attribution, take a
+        run step (budget check), run the guards. Raises only ``JevonsEnforcement``. Returns
+        ``None`` if jevons itself failed (the adapter then calls the provider unmetered)."""
+        try:
+            per_call = None
+            if kwargs is not None:
+                try:
+                    per_call = _attr.pop_call_attribution(kwargs)
+                except Exception as exc:
+                    for key in _attr.CALL_KWARGS:
+                        kwargs.pop(key, None)
+                    self._error(exc, "attribution")
+            attribution = client_attribution.over(_attr._CONTEXT.get()).over(self.default)
+            if per_call is not None:
+                attribution = per_call.over(attribution)
+            run = _RUN.get()
+            model_name = model if isinstance(model, str) else ("" if model is None else str(model))
+            if self.guards:
+                self._run_guards(attribution, provider, model_name)
+            step = run.next_step() if run is not None else None
+            return Call(self, provider, api, model_name, attribution, run, step, extractor or provider)
+        except JevonsEnforcement:
+            with self._lock:
+                self._counts["blocked"] += 1
+            raise
+        except Exception as exc:
+            self._error(exc, "adapter")
+            return None
+
+    def _run_guards(self, attribution: Attribution, provider: str, model: str) -> None:
+        for guard in self.guards:
+            try:
+                guard(attribution.customer, provider, model, attribution)
+            except JevonsEnforcement:
+                raise
+            except Exception as exc:
+                self._error(exc, "guard")
+
+    # ================================================================== hot path
+    def _price(self, call: Call, model: str, usage: Usage, x: Extracted) -> Cost:
+        tier = x.service_tier if x.service_tier in _TIERS else None
+        try:
+            cost = self.book.cost(model, usage, provider=call.price_hint, tier=tier,
+                                  region=x.region or call.region)
+        except Exception as exc:
+            self._error(exc, "price")
+            return unpriced_cost(model, provider=call.provider, note=f"pricing failed: {exc}")
+        if not x.complete:
+            if not usage.input_tokens and not usage.output_tokens:
+                return unpriced_cost(model, provider=cost.provider, model=cost.model,
+                                     note="usage unknown (incomplete); re-price when known")
+            if cost.status == "priced":
+                cost = replace(cost, status="estimated",
+                               notes=(*cost.notes, "usage incomplete: a lower bound"))
+        return cost
+
+    def _emit(
+        self,
+        call: Call,
+        x: Extracted,
+        status: AttemptStatus,
+        attempt: int,
+        error: str | None,
+        *,
+        timestamp: datetime | None = None,
+        idempotency_key: str | None = None,
+        strict: bool = False,
+    ) -> Event | None:
+        usage = x.usage
+        model = x.model or call.model
+        cost = self._price(call, model, usage, x)
+        attribution = call.attribution
+        event_id = _IDS.next()
+        event = Event(
+            event_id,
+            idempotency_key or event_id,
+            timestamp or datetime.now(UTC),
+            call.provider,
+            call.model or model,
+            usage,
+            cost,
+            attribution.customer,
+            attribution.feature,
+            dict(attribution.tags) if attribution.tags else {},
+            call.api,
+            call.run.run_id if call.run is not None else None,
+            call.step,
+            attempt,
+            status,
+            x.complete,
+            x.gateway_cost_usd,
+            x.needs_review,
+            x.raw_usage,
+            error if error is not None or not x.needs_review else x.note,
+            x.region or call.region,
+            x.service_tier,
+        )
+        if call.run is not None:
+            call.run.add(event)
+        self._store_and_deliver(event, strict)
+        counts = self._counts
+        with self._lock:
+            counts["events"] += 1
+            counts[status] += 1
+            if attribution.customer is None:
+                counts["unattributed"] += 1
+            if x.needs_review:
+                counts["needs_review"] += 1
+            if not x.complete:
+                counts["incomplete"] += 1
+            if cost.status != "priced":
+                counts[cost.status] += 1
+        return event
+
+    def _store_and_deliver(self, event: Event, strict: bool) -> None:
+        if self._backlog:
+            self._flush_backlog()
+        try:
+            self.store.append(event)
+        except Exception as exc:
+            with self._lock:
+                self._backlog.append(event)
+                self._counts["unstored"] += 1
+            self._error(exc, "store")
+        for sink in self.sinks:
+            try:
+                sink(event)
+            except Exception as exc:
+                self._error(exc, "sink")
+
+    def _flush_backlog(self) -> None:
+        with self._lock:
+            pending, self._backlog = self._backlog, []
+        for i, event in enumerate(pending):
+            try:
+                self.store.append(event)
+            except Exception:
+                with self._lock:
+                    self._backlog[:0] = pending[i:]
+                return
+
+    def _error(self, exc: BaseException, kind: str) -> None:
+        """Count, log and report an instrumentation error. Never raises."""
+        try:
+            with self._lock:
+                self._counts["errors"] += 1
+                n = self._errors_by_kind.get(kind, 0) + 1
+                self._errors_by_kind[kind] = n
+            if n <= _WARN_FIRST:
+                log.warning("jevons %s error (the call itself is unaffected): %r", kind, exc,
+                            exc_info=exc)
+            else:
+                log.debug("jevons %s error: %r", kind, exc)
+            hook = self.on_error
+            if hook is not None:
+                hook(exc, kind)
+        except Exception:
+            pass
+
+
+def _attribution_scope(attribution: Attribution) -> _Scope:
+    tokens: list[Any] = []
+
+    def enter() -> None:
+        tokens.append(_attr._CONTEXT.set(attribution.over(_attr._CONTEXT.get())))
+
+    def exit_() -> None:
+        _attr._CONTEXT.reset(tokens.pop())
+
+    return _Scope(enter, exit_, attribution)
+
+
+def _default_book() -> PriceBook:
+    try:
+        loader = import_module("jevons.prices.loader")
+    except ImportError:
+        return PriceBook()
+    try:
+        book: PriceBook = loader.default_book()
+        return book
+    except Exception as exc:
+        log.warning("jevons: the default price book could not be loaded (%s); calls are unpriced", exc)
+        return PriceBook()
+
+
+@contextmanager
+def active(call: Call | None) -> Iterator[Call | None]:
+    """Mark ``call`` as the one in flight (HTTP attempt hooks attribute attempts to it)."""
+    token = CURRENT_CALL.set(call)
+    try:
+        yield call
+    finally:
+        CURRENT_CALL.reset(token)
+
+
+_ = EMPTY  # re-exported for adapters

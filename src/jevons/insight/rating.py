@@ -1,0 +1,185 @@
+"""Rate simulated customer-months with a real policy, through ``jevons.policy.rules``.
+
+This module holds no rule of its own: it composes the rules of :mod:`jevons.policy.rules` on
+float64 arrays exactly in the order that module's docstring documents (list charge, event
+floor, allowance, discount, cap per class aggregate; then flat fee, commitment and period floor
+per period), one array element per customer-month. The rules are the very functions the
+billing engine runs on Decimals, so the simulator and real billing cannot disagree on a rule.
+
+What the simulator leaves out, because a scenario has no such thing: customer-specific
+overrides, discounts and credits (a scenario's customers are anonymous), and mid-month plan
+changes (every customer-month is on one plan for the whole month).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from jevons.insight.scenario import ResolvedModel, ScenarioError
+from jevons.policy import rules as R
+from jevons.policy.model import Plan, Policy
+from jevons.prices.model import Dim
+
+__all__ = ["ClassAggregate", "PolicyRater", "RatedMonths", "load_policy_file"]
+
+FloatArray = npt.NDArray[np.float64]
+_MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassAggregate:
+    """One cost class's totals per customer-month (arrays of one shape)."""
+
+    cost: FloatArray
+    input_tokens: FloatArray
+    output_tokens: FloatArray
+    cache_read_tokens: FloatArray
+    cache_write_tokens: FloatArray
+    reasoning_tokens: FloatArray
+
+    @property
+    def tokens(self) -> FloatArray:
+        total: FloatArray = self.input_tokens + self.output_tokens
+        return total
+
+
+@dataclass(frozen=True, slots=True)
+class RatedMonths:
+    revenue: FloatArray  # fees + usage billed + true-ups, before credits
+    usage_billed: FloatArray
+    fees: FloatArray
+    absorbed_cost: FloatArray
+
+
+def load_policy_file(ref: str, *, base_dir: Path | None = None) -> Policy:
+    """A policy by path, or ``builtin:NAME`` for a preset of :mod:`jevons.insight.presets`."""
+    from jevons.insight.presets import builtin_policy_path
+
+    if ref.startswith("builtin:"):
+        path = builtin_policy_path(ref.removeprefix("builtin:"))
+    else:
+        path = Path(ref)
+        if not path.is_absolute() and base_dir is not None and not path.exists():
+            path = base_dir / path
+    from jevons.policy.loader import load_policy
+
+    policy: Policy = load_policy(path)
+    return policy
+
+
+class PolicyRater:
+    """One policy, ready to rate arrays of customer-months for any of its plans."""
+
+    def __init__(self, policy: Policy, *, label: str | None = None) -> None:
+        self.policy = policy
+        self.label = label or policy.name
+
+    # ------------------------------------------------------------------ classes
+    def classify_models(self, models: Sequence[ResolvedModel]) -> list[str]:
+        """The cost class of each model's calls (as the engine classifies a real call)."""
+        out = []
+        for rm in models:
+            inp = rm.version.rates.get(Dim.INPUT)
+            out.append(
+                self.policy.classify(
+                    model=rm.version.model,
+                    provider=rm.version.provider,
+                    reasoning_tokens=1 if rm.spec.reasoning_multiplier > 1 else 0,
+                    input_usd_per_mtok=None if inp is None else inp * _MTOK,
+                )
+            )
+        return out
+
+    def plan(self, name: str) -> Plan:
+        return self.policy.plan_for(None, name)
+
+    def check_plans(self, names: Sequence[str]) -> None:
+        for i, name in enumerate(names):
+            if name not in self.policy.plans:
+                raise ScenarioError(
+                    f"customers.plans[{i}].name: plan {name!r} is not in policy {self.label!r} "
+                    f"(its plans: {', '.join(sorted(self.policy.plans))})"
+                )
+
+    def margin_floor(self, plan_name: str) -> float | None:
+        """The plan's margin floor (its period floor, else the highest class floor), if any."""
+        plan = self.plan(plan_name)
+        floors = [float(c.floor) for c in plan.classes.values() if c.floor is not None]
+        if plan.period_floor is not None:
+            floors.append(float(plan.period_floor))
+        return max(floors) if floors else None
+
+    # ------------------------------------------------------------------ rating
+    def rate(self, plan_name: str, aggregates: Mapping[str, ClassAggregate]) -> RatedMonths:
+        """Rate every customer-month of ``aggregates`` (class -> totals) on one plan."""
+        plan = self.plan(plan_name)
+        like = next(iter(aggregates.values())).cost
+
+        def P(value: Decimal | int | None) -> FloatArray:  # noqa: N802 - the docstring's name
+            return R.param(Decimal(0) if value is None else value, like=like)
+
+        shared_allowance = P(plan.allowance.amount if plan.allowance else 0)
+        shared_unit: R.AllowanceUnit = plan.allowance.unit if plan.allowance else "usd_charge"
+        state = R.UnitState.start(
+            allowance=shared_allowance,
+            fixed_discount=P(0),
+            cap=R.param(R.INF if plan.cap is None else plan.cap, like=like),
+        )
+        billed: Any = R.zero(like)
+        absorbed_cost: Any = R.zero(like)
+        period_cost: Any = R.zero(like)
+        for cname in self.policy.class_order:
+            agg = aggregates.get(cname)
+            if agg is None:
+                continue
+            pc = plan.classes[cname]
+            if pc.mode == "token":
+                buckets = R.plan_token_buckets(
+                    input_tokens=agg.input_tokens,
+                    output_tokens=agg.output_tokens,
+                    cache_read_tokens=agg.cache_read_tokens,
+                    cache_write_tokens=agg.cache_write_tokens,
+                    reasoning_tokens=agg.reasoning_tokens,
+                )
+                lst = R.token_list_charge(buckets, {d: P(r) for d, r in pc.usd_per_mtok.items()})
+            else:
+                lst = R.price_list_charge(agg.cost, P(pc.markup))
+            floor_mult = P(pc.floor_multiplier)
+            if pc.allowance is not None:  # a class's own allowance: fresh, not carried
+                own = R.UnitState(P(pc.allowance.amount), state.fixed_discount_left, state.cap_headroom)
+                u = R.rate_unit(
+                    list_charge=lst, cost=agg.cost, floor_multiplier=floor_mult,
+                    allowance_unit=pc.allowance.unit, tokens=agg.tokens, percent=P(0), state=own,
+                )
+                state = R.UnitState(state.allowance_left, u.state.fixed_discount_left, u.state.cap_headroom)
+            else:
+                u = R.rate_unit(
+                    list_charge=lst, cost=agg.cost, floor_multiplier=floor_mult,
+                    allowance_unit=shared_unit, tokens=agg.tokens, percent=P(0), state=state,
+                )
+                state = u.state
+            billed = billed + u.billed
+            absorbed_cost = absorbed_cost + u.absorbed_cost
+            period_cost = period_cost + agg.cost
+        period = R.close_period(
+            fees=P(plan.fee),
+            usage_billed=billed,
+            commitment=P(plan.commitment),
+            period_cost=period_cost,
+            absorbed_cost=absorbed_cost,
+            period_floor_multiplier=P(plan.period_floor_multiplier),
+        )
+        shape = like.shape
+        return RatedMonths(
+            revenue=np.broadcast_to(period.revenue, shape).astype(np.float64),
+            usage_billed=np.broadcast_to(period.usage_billed, shape).astype(np.float64),
+            fees=np.broadcast_to(period.fees, shape).astype(np.float64),
+            absorbed_cost=np.broadcast_to(absorbed_cost, shape).astype(np.float64),
+        )

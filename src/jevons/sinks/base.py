@@ -1,0 +1,138 @@
+"""What a billing sink is, and how an HTTP answer maps onto the outbox's decisions.
+
+A sink turns one ledger event into zero or more wire records (``prepare``), and sends a batch
+of records (``send``). It never retries by itself: the outbox owns retries, backoff, cursors
+and the dead-letter list. ``send`` raises:
+
+- ``TransientError`` (5xx, 429, 408, timeouts, connection errors; ``retry_after`` when the
+  server said ``Retry-After``): the batch is retried later, nothing is skipped;
+- ``RejectedError`` (400/409/413/422): the server refused something in the batch for good;
+  ``indexes`` names the refused records when the server said which, else the outbox bisects
+  the batch to find them; a refused event goes to the dead-letter list;
+- ``SinkUnavailable`` (401/403/404, bad configuration): nothing in the batch is at fault;
+  the drain stops with the error recorded, the backlog stays.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+
+from jevons.events import Event
+
+__all__ = [
+    "Hold",
+    "HttpSink",
+    "RejectedError",
+    "Sink",
+    "SinkError",
+    "SinkUnavailable",
+    "TransientError",
+    "parse_retry_after",
+]
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """``prepare``'s answer for an event the sink cannot send yet (or at all)."""
+
+    reason: str  # "waiting_for_price" or "unattributed"
+    detail: str
+
+
+class SinkError(Exception):
+    pass
+
+
+class TransientError(SinkError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RejectedError(SinkError):
+    """``indexes``: refused records (index in the batch -> reason), ``None`` when unknown;
+    ``already``: records the server refused only because it already holds them (delivered)."""
+
+    def __init__(self, message: str, indexes: Mapping[int, str] | None = None,
+                 already: set[int] | None = None) -> None:
+        super().__init__(message)
+        self.indexes = dict(indexes) if indexes is not None else None
+        self.already = set(already or ())
+
+
+class SinkUnavailable(SinkError):
+    pass
+
+
+class Sink(Protocol):
+    name: str
+    max_batch: int  # wire records per request
+
+    def prepare(self, event: Event) -> list[Record] | Hold: ...
+
+    def send(self, records: Sequence[Record]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+class HttpSink:
+    """Common HTTP plumbing: one ``httpx.Client``, status codes mapped to the three errors."""
+
+    name: str
+    max_batch: int = 100
+
+    def __init__(self, name: str, base_url: str, *, timeout: float = 10.0,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(timeout=timeout, headers=dict(headers or {}))
+
+    def _post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
+        try:
+            response = self._client.post(url, content=content, headers=dict(headers))
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"timeout: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(f"connection error: {type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if status < 300:
+            return response
+        detail = f"HTTP {status}: {response.text[:300]}"
+        if status == 429 or status == 408 or status >= 500:
+            raise TransientError(detail, parse_retry_after(response.headers.get("retry-after")))
+        if status in (401, 403, 404, 405):
+            raise SinkUnavailable(detail)
+        indexes, already = self._rejected_indexes(response)
+        raise RejectedError(detail, indexes, already)
+
+    def _rejected_indexes(self, response: httpx.Response) -> tuple[dict[int, str] | None, set[int]]:
+        """Which records of the batch the server refused (and which it already had), when its
+        answer says so."""
+        return None, set()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,79 @@
+"""OpenMeter: CloudEvents 1.0 in a batch (``application/cloudevents-batch+json``).
+
+One CloudEvent per call to ``POST {url}/api/v1/events``: ``id`` = the idempotency key,
+``source`` = the configured source (default ``jevons``); OpenMeter deduplicates on
+(``id``, ``source``). ``subject`` is the customer, ``type`` the configured event type
+(default ``llm.call``); ``data`` carries every token count, the model and provider, and the
+cost (USD as a decimal string, ``null`` when unpriced) with its price version, so meters can
+aggregate ``$.input_tokens`` or group by ``$.model``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from jevons.events import Event
+from jevons.sinks.base import Hold, HttpSink, Record
+from jevons.sinks.lago import BUCKETS, decimal_str
+
+__all__ = ["OpenMeterSink"]
+
+
+class OpenMeterSink(HttpSink):
+    max_batch = 100
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        api_key: str | None,
+        *,
+        source: str = "jevons",
+        event_type: str = "llm.call",
+        timeout: float = 10.0,
+        batch_size: int = 100,
+    ) -> None:
+        headers = {"Content-Type": "application/cloudevents-batch+json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        super().__init__(name, url, timeout=timeout, headers=headers)
+        self.source = source
+        self.event_type = event_type
+        self.max_batch = max(1, batch_size)
+
+    def prepare(self, event: Event) -> list[Record] | Hold:
+        if event.customer is None:
+            return Hold("unattributed", "no customer: no OpenMeter subject")
+        data: dict[str, Any] = {
+            "provider": event.provider,
+            "model": event.model or event.model_requested,
+            "model_requested": event.model_requested,
+            "status": event.status,
+            **event.usage.to_dict(),
+        }
+        for bucket, count_of in BUCKETS.items():
+            data[f"{bucket}_billable"] = count_of(event.usage)
+        total = event.cost.total_usd
+        data["cost_usd"] = None if total is None else decimal_str(total)
+        data["cost_status"] = event.cost.status
+        data["price_version"] = event.cost.price_version
+        if event.feature:
+            data["feature"] = event.feature
+        if event.run_id:
+            data["run_id"] = event.run_id
+        return [{
+            "specversion": "1.0",
+            "id": event.idempotency_key,
+            "source": self.source,
+            "type": self.event_type,
+            "subject": event.customer,
+            "time": event.timestamp.isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "data": data,
+        }]
+
+    def send(self, records: Sequence[Record]) -> None:
+        body = json.dumps(list(records), separators=(",", ":")).encode()
+        self._post(f"{self.base_url}/api/v1/events", content=body, headers={})

@@ -1,0 +1,384 @@
+"""The outbox: delivers ledger events to each sink, at least once, resumable, never stuck.
+
+Each sink has a cursor (the last event sequence number it has dealt with) in the ledger. A
+drain reads the events after the cursor in chunks, lets the sink turn each into wire records,
+sends them in batches, and commits the new cursor together with the events it parked:
+
+- ``dead_letter``: the sink refused the event for good (a 4xx naming it, or found by bisecting
+  a refused batch); the rest of the batch still goes. ``replay`` sends them again.
+- ``waiting_for_price``: a price-mode sink cannot bill an unpriced event (never as $0); it is
+  released and sent as soon as ``jevons reprice`` gave it a price.
+- ``unattributed``: an event without a customer cannot be billed to anyone.
+
+Transient failures (5xx, 429, timeouts, resets) are retried with exponential backoff and
+jitter, waiting at least what ``Retry-After`` asked; after ``max_attempts`` the drain stops with
+the error recorded and the cursor where it was: the backlog waits on disk for the next drain.
+A crash after a send and before the cursor commit sends that chunk again; every record carries
+the event's idempotency key, so the sink keeps one copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from jevons.events import Event
+from jevons.ledger.database import SQLLedger
+from jevons.ledger.schema import now_us
+from jevons.sinks.base import Hold, Record, RejectedError, Sink, SinkUnavailable, TransientError
+
+__all__ = ["DrainReport", "Outbox", "OutboxWorker", "RetryPolicy", "SinkStatus"]
+
+log = logging.getLogger("jevons.sinks")
+
+DEAD_LETTER = "dead_letter"
+WAITING_FOR_PRICE = "waiting_for_price"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff ``base_s * factor**n`` capped at ``max_s``, with jitter over its upper half."""
+
+    base_s: float = 0.5
+    factor: float = 2.0
+    max_s: float = 60.0
+    max_attempts: int = 8
+    max_retry_after_s: float = 3600.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        cap = min(self.max_s, self.base_s * self.factor ** max(attempt - 1, 0))
+        wait = cap / 2 + rng.uniform(0, cap / 2)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after_s))
+        return wait
+
+
+@dataclass(slots=True)
+class DrainReport:
+    sink: str
+    delivered: int = 0
+    dead_lettered: int = 0
+    held: int = 0
+    released: int = 0
+    retries: int = 0
+    stopped: str | None = None
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    sink: str
+    kind: str
+    pending: int
+    oldest_pending_age_s: float | None
+    delivered: int
+    dead_lettered: int
+    waiting_for_price: int
+    unattributed: int
+    last_error: str | None
+    last_error_age_s: float | None
+    last_success_age_s: float | None
+
+
+class _Stop(Exception):
+    """The sink is down (retries exhausted) or refuses us (auth): stop this drain."""
+
+
+class Outbox:
+    def __init__(
+        self,
+        ledger: SQLLedger,
+        sinks: Mapping[str, Sink],
+        *,
+        retry: RetryPolicy | None = None,
+        fetch_size: int = 1000,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+        lease_ttl_s: float = 120.0,
+    ) -> None:
+        self.ledger = ledger
+        self.sinks = dict(sinks)
+        self.retry = retry or RetryPolicy()
+        self.fetch_size = fetch_size
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease_ttl = lease_ttl_s
+
+    def _sink(self, name: str) -> Sink:
+        try:
+            return self.sinks[name]
+        except KeyError:
+            raise KeyError(f"no sink named {name!r} (configured: {', '.join(self.sinks) or 'none'})") \
+                from None
+
+    # -- sending --------------------------------------------------------------------------
+    def _send_with_retry(self, sink: Sink, records: Sequence[Record], report: DrainReport,
+                         deadline: float | None) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                sink.send(records)
+                return
+            except TransientError as exc:
+                report.retries += 1
+                msg = str(exc)
+                if attempt >= self.retry.max_attempts:
+                    raise _Stop(f"{msg} (gave up after {attempt} attempts)") from exc
+                wait = self.retry.delay(attempt, exc.retry_after, self._rng)
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise _Stop(f"{msg} (deadline reached)") from exc
+                log.info("jevons sink %s: %s; retrying in %.2fs", sink.name, msg, wait)
+                self._sleep(wait)
+            except SinkUnavailable as exc:
+                raise _Stop(str(exc)) from exc
+
+    def _deliver(
+        self, sink: Sink, items: Sequence[tuple[int, list[Record]]], report: DrainReport,
+        deadline: float | None,
+    ) -> tuple[list[int], list[tuple[int, str]]]:
+        """Send ``items`` (seq, records); return (delivered seqs, dead-lettered (seq, error))."""
+        delivered: list[int] = []
+        dead: list[tuple[int, str]] = []
+        group: list[tuple[int, list[Record]]] = []
+        size = 0
+        for item in items:
+            n = len(item[1])
+            if group and size + n > sink.max_batch:
+                self._send_group(sink, group, delivered, dead, report, deadline, 0)
+                group, size = [], 0
+            group.append(item)
+            size += n
+        if group:
+            self._send_group(sink, group, delivered, dead, report, deadline, 0)
+        return delivered, dead
+
+    def _send_group(
+        self, sink: Sink, group: list[tuple[int, list[Record]]], delivered: list[int],
+        dead: list[tuple[int, str]], report: DrainReport, deadline: float | None, depth: int,
+    ) -> None:
+        group = [g for g in group if g[1]]
+        if not group:
+            return
+        records: list[Record] = []
+        owner: list[int] = []
+        for i, (_, recs) in enumerate(group):
+            records += recs
+            owner += [i] * len(recs)
+        try:
+            self._send_with_retry(sink, records, report, deadline)
+            delivered += [seq for seq, _ in group]
+            return
+        except RejectedError as exc:
+            report.errors.append(str(exc))
+            idx = exc.indexes
+            if idx is not None and depth < 3 and all(0 <= i < len(records) for i in idx) and (
+                idx or exc.already
+            ):
+                bad = {owner[i] for i in idx}
+                for i in sorted(bad):
+                    dead.append((group[i][0], idx[min(k for k in idx if owner[k] == i)]))
+                rest: list[tuple[int, list[Record]]] = []
+                for i, (seq, recs) in enumerate(group):
+                    if i in bad:
+                        continue
+                    keep = [r for k, r in zip(
+                        (k for k, o in enumerate(owner) if o == i), recs, strict=True
+                    ) if k not in exc.already]
+                    if keep:
+                        rest.append((seq, keep))
+                    else:
+                        delivered.append(seq)
+                self._send_group(sink, rest, delivered, dead, report, deadline, depth + 1)
+                return
+            if len(group) == 1:
+                dead.append((group[0][0], str(exc)[:500]))
+                return
+            mid = len(group) // 2
+            self._send_group(sink, group[:mid], delivered, dead, report, deadline, depth)
+            self._send_group(sink, group[mid:], delivered, dead, report, deadline, depth)
+
+    def _prepare(self, sink: Sink, chunk: Sequence[tuple[int, Event]],
+                 park: list[tuple[int, str, str | None]]) -> list[tuple[int, list[Record]]]:
+        items: list[tuple[int, list[Record]]] = []
+        for seq, event in chunk:
+            try:
+                prepared = sink.prepare(event)
+            except Exception as exc:  # one bad event must not block the rest
+                park.append((seq, DEAD_LETTER, f"prepare failed: {type(exc).__name__}: {exc}"))
+                continue
+            if isinstance(prepared, Hold):
+                park.append((seq, prepared.reason, prepared.detail))
+            else:
+                items.append((seq, prepared))
+        return items
+
+    # -- drains ---------------------------------------------------------------------------
+    def drain(self, name: str, *, max_seconds: float | None = None,
+              progress: Callable[[int, int], None] | None = None) -> DrainReport:
+        """Deliver everything after ``name``'s cursor, and its held events that got a price."""
+        sink = self._sink(name)
+        report = DrainReport(name)
+        started = time.monotonic()
+        deadline = None if max_seconds is None else started + max_seconds
+        if not self.ledger.acquire_lease(name, self._owner, self._lease_ttl):
+            report.stopped = "another process is draining this sink"
+            return report
+        try:
+            state = self.ledger.sink_state(name)
+            position = state.position
+            total, _ = self.ledger.pending(name, position)
+            # 1. held events that have a price now
+            after = 0
+            while report.stopped is None:
+                released = self.ledger.released_waiting(name, self.fetch_size, after=after)
+                if not released:
+                    break
+                after = released[-1][0]
+                park: list[tuple[int, str, str | None]] = []
+                items = self._prepare(sink, released, park)
+                try:
+                    ok, dead = self._deliver(sink, items, report, deadline)
+                except _Stop as stop:
+                    report.stopped = str(stop)
+                    break
+                park += [(s, DEAD_LETTER, e) for s, e in dead]
+                self.ledger.commit_delivery(name, position=None, delivered=len(ok), park=park,
+                                            unpark=ok)
+                report.delivered += len(ok)
+                report.released += len(ok)
+                report.dead_lettered += len(dead)
+            # 2. everything after the cursor
+            done = 0
+            while report.stopped is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    report.stopped = "time limit reached"
+                    break
+                chunk = self.ledger.events_after(position, self.fetch_size)
+                if not chunk:
+                    break
+                self.ledger.acquire_lease(name, self._owner, self._lease_ttl)
+                park = []
+                items = self._prepare(sink, chunk, park)
+                try:
+                    ok, dead = self._deliver(sink, items, report, deadline)
+                except _Stop as stop:
+                    report.stopped = str(stop)
+                    break
+                report.held += len(park) - sum(1 for _, r, _ in park if r == DEAD_LETTER)
+                park += [(s, DEAD_LETTER, e) for s, e in dead]
+                position = chunk[-1][0]
+                self.ledger.commit_delivery(name, position=position, delivered=len(ok), park=park)
+                report.delivered += len(ok)
+                report.dead_lettered += sum(1 for _, r, _ in park if r == DEAD_LETTER)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, max(total, done))
+            if report.stopped is not None and report.stopped != "time limit reached":
+                self.ledger.record_sink_error(name, report.stopped[:500])
+            elif report.delivered or report.dead_lettered:
+                self.ledger.record_sink_error(name, None)
+        finally:
+            self.ledger.release_lease(name, self._owner)
+            report.seconds = time.monotonic() - started
+        return report
+
+    def drain_all(self, *, max_seconds: float | None = None) -> list[DrainReport]:
+        return [self.drain(name, max_seconds=max_seconds) for name in self.sinks]
+
+    def replay_dead_letters(self, name: str, *, max_seconds: float | None = None) -> DrainReport:
+        """Send ``name``'s dead-lettered events again; those refused again stay dead-lettered."""
+        sink = self._sink(name)
+        report = DrainReport(name)
+        started = time.monotonic()
+        deadline = None if max_seconds is None else started + max_seconds
+        seqs = [p.seq for p in self.ledger.parked(name, DEAD_LETTER)]
+        for i in range(0, len(seqs), self.fetch_size):
+            chunk = self.ledger.events_by_seq(seqs[i : i + self.fetch_size])
+            park: list[tuple[int, str, str | None]] = []
+            items = self._prepare(sink, chunk, park)
+            try:
+                ok, dead = self._deliver(sink, items, report, deadline)
+            except _Stop as stop:
+                report.stopped = str(stop)
+                self.ledger.record_sink_error(name, str(stop)[:500])
+                break
+            park += [(s, DEAD_LETTER, e) for s, e in dead]
+            self.ledger.commit_delivery(name, position=None, delivered=len(ok), park=park,
+                                        unpark=ok)
+            report.delivered += len(ok)
+            report.dead_lettered += len(dead)
+        report.seconds = time.monotonic() - started
+        return report
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self) -> list[SinkStatus]:
+        out: list[SinkStatus] = []
+        now = now_us()
+        for name, sink in self.sinks.items():
+            state = self.ledger.sink_state(name)
+            pending, oldest = self.ledger.pending(name, state.position)
+            counts = self.ledger.parked_counts(name)
+
+            def age(us: int | None) -> float | None:
+                return None if us is None else max(now - us, 0) / 1e6
+
+            out.append(SinkStatus(
+                sink=name,
+                kind=type(sink).__name__,
+                pending=pending,
+                oldest_pending_age_s=age(oldest),
+                delivered=state.delivered,
+                dead_lettered=counts.get(DEAD_LETTER, 0),
+                waiting_for_price=counts.get(WAITING_FOR_PRICE, 0),
+                unattributed=counts.get("unattributed", 0),
+                last_error=state.last_error,
+                last_error_age_s=age(state.last_error_us),
+                last_success_age_s=age(state.last_success_us),
+            ))
+        return out
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            try:
+                sink.close()
+            except Exception:
+                log.exception("jevons sink %s: close failed", getattr(sink, "name", "?"))
+
+
+class OutboxWorker:
+    """Drains every sink in a background thread every ``interval_s`` (for long-lived
+    services; ``jevons outbox drain`` does one pass)."""
+
+    def __init__(self, outbox: Outbox, *, interval_s: float = 1.0) -> None:
+        self.outbox = outbox
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jevons-outbox", daemon=True)
+
+    def start(self) -> OutboxWorker:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name in list(self.outbox.sinks):
+                if self._stop.is_set():
+                    break
+                try:
+                    self.outbox.drain(name, max_seconds=max(self.interval_s * 10, 5.0))
+                except Exception:  # keep the worker alive; the backlog stays
+                    log.exception("jevons outbox: drain of %s failed", name)
+            self._stop.wait(self.interval_s)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)

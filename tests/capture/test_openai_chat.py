@@ -1,0 +1,254 @@
+"""The OpenAI adapter on Chat Completions: the real ``openai`` SDK against the replay server."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from jevons.capture.meter import Meter
+from replay import ReplayServer
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def client_for(replay: ReplayServer, max_retries: int = 0) -> OpenAI:
+    return OpenAI(base_url=replay.url + "/v1", api_key="sk-test", max_retries=max_retries)
+
+
+def aclient_for(replay: ReplayServer, max_retries: int = 0) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=replay.url + "/v1", api_key="sk-test", max_retries=max_retries)
+
+
+def test_wrapped_client_keeps_its_type_and_result(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    raw = client_for(replay)
+    client = meter.wrap(raw, customer="acme", feature="summarize")
+    assert isinstance(client, OpenAI)
+    assert client is not raw
+    result = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert isinstance(result, openai.types.chat.ChatCompletion)
+    assert result.choices[0].message.content == "Hello! How can I assist you today?"
+    [event] = meter.events()
+    assert (event.customer, event.feature) == ("acme", "summarize")
+    assert (event.provider, event.api) == ("openai", "chat")
+    assert event.model_requested == "gpt-4o-mini"
+    assert event.model == "gpt-4o-mini"  # resolved from gpt-4o-mini-2024-07-18
+    assert (event.usage.input_tokens, event.usage.output_tokens) == (19, 10)
+    # 19 * 0.15/M + 10 * 0.60/M
+    assert event.cost.total_usd == Decimal("0.00000285") + Decimal("0.000006")
+    assert event.cost.status == "priced" and event.status == "ok" and event.attempt == 1
+    # the original client is not metered
+    raw.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert len(meter.events()) == 1
+
+
+def test_cached_tokens_are_a_subset_of_prompt(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_cached")
+    client = meter.wrap(client_for(replay), customer="acme")
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    [event] = meter.events()
+    assert event.usage.input_tokens == 2048 and event.usage.cache_read_tokens == 1536
+    lines = {line.dimension: line for line in event.cost.lines}
+    assert lines["input"].tokens == 512 and lines["cache_read"].tokens == 1536
+    assert event.cost.total_usd == (512 * Decimal("2.5") + 1536 * Decimal("1.25") + 120 * Decimal(10)) / 10**6
+
+
+def test_reasoning_audio_tools_and_tier(replay: ReplayServer, meter: Meter) -> None:
+    client = meter.wrap(client_for(replay), customer="acme")
+    replay.on(CHAT, "openai/chat_reasoning")
+    client.chat.completions.create(model="o4-mini", messages=MESSAGES)
+    replay.on(CHAT, "openai/chat_audio")
+    client.chat.completions.create(model="gpt-4o-audio-preview", messages=MESSAGES)
+    replay.on(CHAT, "openai/chat_tools")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    replay.on(CHAT, "openai/chat_flex")
+    client.chat.completions.create(model="o4-mini", messages=MESSAGES, service_tier="flex")
+    reasoning, audio, tools, flex = meter.events()
+    assert reasoning.usage.reasoning_tokens == 1024 and reasoning.usage.output_tokens == 1186
+    assert audio.usage.audio_input_tokens == 110 and audio.usage.audio_output_tokens == 240
+    audio_lines = {line.dimension: line.tokens for line in audio.cost.lines}
+    assert audio_lines == {"input": 60, "audio_input": 110, "output": 60, "audio_output": 240}
+    assert tools.usage.tool_calls == 2
+    assert flex.service_tier == "flex"
+    # no flex price in the test book: the standard price is used and the cost says so
+    assert flex.cost.status == "estimated" and any("flex" in n for n in flex.cost.notes)
+
+
+def test_per_call_attribution_is_stripped_before_the_provider(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    client = meter.wrap(client_for(replay), customer="acme", feature="chat", tags={"env": "prod"})
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, jevons_customer="beta",
+                                   jevons_tags={"team": "x"})
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
+                                   jevons={"feature": "search", "tags": {"env": "dev"}})
+    first, second = meter.events()
+    assert (first.customer, first.feature, first.tags) == ("beta", "chat", {"env": "prod", "team": "x"})
+    assert (second.customer, second.feature, second.tags) == ("acme", "search", {"env": "dev"})
+    for body in replay.bodies(CHAT):
+        assert not any(key.startswith("jevons") for key in body)
+
+
+def test_stream_requests_usage_and_records_it(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(client_for(replay), customer="acme")
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert isinstance(stream, openai.Stream)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Hello! How can I help?"
+    assert replay.last(CHAT).json["stream_options"] == {"include_usage": True}
+    [event] = meter.events()
+    assert event.status == "ok" and event.usage_complete
+    assert (event.usage.input_tokens, event.usage.output_tokens) == (19, 10)
+
+
+def test_stream_keeps_callers_include_usage_choice(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream_no_usage")
+    client = meter.wrap(client_for(replay), customer="acme")
+    with client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                        stream_options={"include_usage": False}) as stream:
+        chunks = list(stream)
+    assert len(chunks) == 6
+    assert replay.last(CHAT).json["stream_options"] == {"include_usage": False}
+    [event] = meter.events()
+    assert not event.usage_complete and event.status == "ok"
+    assert event.usage.output_tokens == 4  # estimated from the content chunks
+    assert event.cost.status == "estimated"
+
+
+def test_stream_abandoned_early_is_recorded_as_aborted(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(client_for(replay), customer="acme")
+    with client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True) as stream:
+        for i, _chunk in enumerate(stream):
+            if i == 2:
+                break
+    [event] = meter.events()
+    assert event.status == "aborted" and not event.usage_complete
+    assert event.usage.output_tokens == 2
+
+
+def test_stream_broken_off_by_the_network(replay: ReplayServer, meter: Meter) -> None:
+    from replay import load_fixture
+
+    replay.on(CHAT, load_fixture("openai/chat_stream").broken_after(3))
+    client = meter.wrap(client_for(replay), customer="acme")
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    got = []
+    with pytest.raises(openai.APIConnectionError) as raised:
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 3
+    [event] = meter.events()
+    assert event.status == "error" and not event.usage_complete
+    assert type(raised.value).__name__ in (event.error or "")
+
+
+def test_stream_tool_calls_are_counted(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream_tools")
+    client = meter.wrap(client_for(replay), customer="acme")
+    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+        pass
+    [event] = meter.events()
+    assert event.usage.tool_calls == 2 and event.usage.input_tokens == 90
+
+
+def test_stream_helper_and_final_completion(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(client_for(replay), customer="acme")
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES,
+                                        jevons_feature="helper") as stream:
+        for _event in stream:
+            pass
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == "Hello! How can I help?"
+    assert final.usage is not None and final.usage.prompt_tokens == 19
+    [event] = meter.events()
+    assert event.feature == "helper" and event.usage.output_tokens == 10
+    assert replay.last(CHAT).json["stream_options"] == {"include_usage": True}
+    assert "jevons" not in str(replay.last(CHAT).json)
+
+
+def test_provider_error_passes_through_unchanged(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/error_500")
+    client = meter.wrap(client_for(replay), customer="acme")
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raised.value.status_code == 500
+    [event] = meter.events()
+    assert event.status == "error" and event.attempt == 1 and "500" in (event.error or "")
+    assert event.usage.total_tokens == 0 and event.usage_complete
+
+
+def test_sdk_retries_are_recorded_as_attempts(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, ["openai/error_429", "openai/error_500", "openai/chat_basic"])
+    client = meter.wrap(client_for(replay, max_retries=3), customer="acme")
+    result = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert result.usage is not None and result.usage.total_tokens == 29
+    assert replay.count(CHAT) == 3
+    events = sorted(meter.events(), key=lambda e: e.attempt)
+    assert [(e.attempt, e.status) for e in events] == [(1, "error"), (2, "error"), (3, "ok")]
+    assert "429" in (events[0].error or "") and "500" in (events[1].error or "")
+    assert events[2].usage.input_tokens == 19
+    assert len({e.step for e in events}) == 1
+
+
+def test_unknown_shape_is_kept_for_review(replay: ReplayServer, meter: Meter) -> None:
+    errors: list[tuple[BaseException, str]] = []
+    meter.on_error = lambda exc, kind: errors.append((exc, kind))
+    replay.on(CHAT, "openai/chat_unknown_shape")
+    client = meter.wrap(client_for(replay), customer="acme")
+    result = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert result.choices[0].message.content == "hi"
+    [event] = meter.events()
+    assert event.needs_review and event.raw_usage == {"in": 5, "out": 7}
+    assert event.cost.total_usd is None and event.cost.status == "unpriced"
+    assert [kind for _, kind in errors] == ["extract"]
+    assert meter.stats()["needs_review"] == 1 and meter.stats()["errors_by_kind"] == {"extract": 1}
+
+
+def test_with_raw_response_and_with_options_stay_metered(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    client = meter.wrap(client_for(replay), customer="acme")
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-request-id"] == "req_basic"
+    assert raw.parse().usage is not None
+    client.with_options(timeout=5).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert [e.usage.input_tokens for e in meter.events()] == [19, 19]
+    assert all(e.customer == "acme" for e in meter.events())
+
+
+async def test_async_create_and_stream(replay: ReplayServer, meter: Meter) -> None:
+    client = meter.wrap(aclient_for(replay), customer="acme")
+    assert isinstance(client, AsyncOpenAI)
+    replay.on(CHAT, "openai/chat_basic")
+    result = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert result.usage is not None
+    replay.on(CHAT, "openai/chat_stream")
+    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert isinstance(stream, openai.AsyncStream)
+    n = 0
+    async for _chunk in stream:
+        n += 1
+    assert n == 7
+    async with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as helper:
+        final = await helper.get_final_completion()
+    assert final.choices[0].message.content == "Hello! How can I help?"
+    plain, streamed, helped = meter.events()
+    assert plain.usage.output_tokens == streamed.usage.output_tokens == helped.usage.output_tokens == 10
+    assert all(e.status == "ok" for e in (plain, streamed, helped))
+    assert replay.last(CHAT).json["stream_options"] == {"include_usage": True}
+
+
+async def test_async_stream_closed_early_is_aborted(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(aclient_for(replay), customer="acme")
+    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    async for _chunk in stream:
+        break
+    await stream.close()
+    [event] = meter.events()
+    assert event.status == "aborted" and not event.usage_complete

@@ -1,0 +1,103 @@
+"""Event factories and ledger fixtures shared by the ledger and sink tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+
+from jevons.config import Settings, load_settings
+from jevons.events import Event
+from jevons.ledger.database import SQLLedger, postgres_ledger, sqlite_ledger
+from jevons.prices.cost import Cost, CostLine, unpriced_cost
+from jevons.usage import Usage
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def make_event(
+    i: int = 0,
+    *,
+    customer: str | None = "cust_1",
+    model: str = "gpt-4o",
+    priced: bool = True,
+    ts: datetime | None = None,
+    run_id: str | None = None,
+    key: str | None = None,
+    status: str = "ok",
+    usage: Usage | None = None,
+) -> Event:
+    usage = usage or Usage(input_tokens=1000 + i, output_tokens=200, cache_read_tokens=400)
+    if priced:
+        inp = Decimal("0.0000025") * (usage.input_tokens - usage.cache_read_tokens)
+        cached = Decimal("0.00000125") * usage.cache_read_tokens
+        out = Decimal("0.00001") * usage.output_tokens
+        cost = Cost(
+            model, model, "openai", "priced", inp + cached + out,
+            (
+                CostLine("input", usage.input_tokens - usage.cache_read_tokens, Decimal("0.0000025"), inp),
+                CostLine("cache_read", usage.cache_read_tokens, Decimal("0.00000125"), cached),
+                CostLine("output", usage.output_tokens, Decimal("0.00001"), out),
+            ),
+            price_version=f"openai/{model}@2026-01-01", source="bundled", as_of=T0,
+        )
+    else:
+        cost = unpriced_cost(model, provider="openai", note="no price for this model")
+    return Event(
+        id=uuid.uuid4().hex,
+        idempotency_key=key or f"k-{i}-{uuid.uuid4().hex[:8]}",
+        timestamp=ts or (T0 + timedelta(seconds=i)),
+        provider="openai",
+        model_requested=model,
+        usage=usage,
+        cost=cost,
+        customer=customer,
+        run_id=run_id,
+        status=status,  # type: ignore[arg-type]
+        tags={"team": "a"},
+    )
+
+
+def unique_schema() -> str:
+    return f"jt_{uuid.uuid4().hex[:12]}"
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def settings_for(backend: str, *, home: str, dsn: str | None = None, schema: str | None = None,
+                 **ledger: object) -> Settings:
+    env = {"JEVONS_HOME": home, "JEVONS_LEDGER__BACKEND": backend,
+           "JEVONS_LEDGER__JOURNAL_DIR": f"{home}/ledger/journal"}
+    if backend == "sqlite":
+        env["JEVONS_LEDGER__PATH"] = f"{home}/ledger/ledger.db"
+    if dsn:
+        env["JEVONS_LEDGER__DSN"] = dsn
+    if schema:
+        env["JEVONS_LEDGER__PG_SCHEMA"] = schema
+    for k, v in ledger.items():
+        env[f"JEVONS_LEDGER__{k.upper()}"] = str(v)
+    return load_settings(environ=env)
+
+
+def open_test_ledger(backend: str, tmp: str, dsn: str | None) -> Iterator[SQLLedger]:
+    if backend == "sqlite":
+        ledger = sqlite_ledger(f"{tmp}/ledger.db")
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+        return
+    assert dsn is not None
+    schema = unique_schema()
+    ledger = postgres_ledger(dsn, schema=schema)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+        drop_schema(dsn, schema)

@@ -1,0 +1,232 @@
+"""The hot-path store: per-process append log, background group commit, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from jevons.ledger import EventQuery, open_store
+from jevons.ledger.codec import encode_event
+from jevons.ledger.database import SQLLedger, sqlite_ledger
+from jevons.ledger.journal import JournaledStore
+
+from .helpers import drop_schema, make_event, settings_for, unique_schema
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _store(ledger: SQLLedger, tmp_path: Path, **kw: object) -> JournaledStore:
+    return JournaledStore(ledger, tmp_path / "journal", **kw)  # type: ignore[arg-type]
+
+
+def test_open_store_defaults_to_sqlite_in_jevons_home(_isolated_home: Path) -> None:
+    from jevons.config import load_settings
+
+    tmp_path = _isolated_home
+    store = open_store(load_settings())
+    try:
+        assert isinstance(store, JournaledStore)
+        assert store.append(make_event(1, key="a")) is True
+        assert store.append(make_event(2, key="a")) is False
+        assert [e.idempotency_key for e in store.query()] == ["a"]
+    finally:
+        store.close()
+    assert (tmp_path / "ledger" / "ledger.db").is_file()
+    assert not list((tmp_path / "ledger" / "journal").rglob("*.jnl")), "a clean close leaves no log"
+
+
+def test_open_store_memory_backend(tmp_path: Path) -> None:
+    from jevons.ledger import MemoryStore
+
+    assert isinstance(open_store(settings_for("memory", home=str(tmp_path))), MemoryStore)
+
+
+def test_append_survives_until_drained_and_query_sees_it(ledger: SQLLedger, tmp_path: Path) -> None:
+    store = _store(ledger, tmp_path, flush_interval_ms=1000)
+    events = [make_event(i) for i in range(200)]
+    for e in events:
+        assert store.append(e)
+    # the log holds every line before the background commit happened
+    (log,) = (tmp_path / "journal").glob("*.jnl")
+    assert log.read_bytes().count(b"\n") == 200
+    assert len(store.query(EventQuery(customer="cust_1"))) == 200  # query flushes first
+    assert store.stats()["stored"] == 200
+    store.close()
+
+
+def test_duplicates_across_stores_are_stored_once(ledger: SQLLedger, tmp_path: Path) -> None:
+    a = _store(ledger, tmp_path)
+    b = JournaledStore(ledger, tmp_path / "journal-b")
+    e = make_event(1, key="shared")
+    assert a.append(e) and b.append(e)  # neither process can see the other's key...
+    a.flush()
+    b.flush()
+    assert ledger.count() == 1  # ...but the database's unique key keeps one
+    assert a.stats()["db_duplicates"] + b.stats()["db_duplicates"] == 1
+    b._stop.set()
+    a.close()
+
+
+def test_append_many_and_modes(tmp_path: Path) -> None:
+    for mode in ("strict", "sync", "fast"):
+        led = sqlite_ledger(tmp_path / f"{mode}.db")
+        store = JournaledStore(led, tmp_path / f"j-{mode}", durability=mode)  # type: ignore[arg-type]
+        events = [make_event(i) for i in range(100)]
+        assert store.append_many([*events, events[0]]) == 100
+        if mode == "sync":
+            assert led.count() == 100  # sync: committed before append_many returned
+        assert store.append(events[5]) is False
+        store.flush()
+        assert led.count() == 100
+        store.close()
+
+
+def test_recovers_an_orphaned_log_and_quarantines_garbage(tmp_path: Path) -> None:
+    settings = settings_for("sqlite", home=str(tmp_path))
+    first = open_store(settings)
+    journal = first.directory  # type: ignore[attr-defined]
+    first.close()
+    events = [make_event(i) for i in range(10)]
+    body = b"".join(encode_event(e) + b"\n" for e in events)
+    (journal / "4242-deadbeef.jnl").write_bytes(
+        body + b"{not json}\n" + encode_event(make_event(77))[:40]  # garbage, then a torn line
+    )
+    store = open_store(settings)
+    try:
+        assert store.stats()["recovered"] == 10  # type: ignore[attr-defined]
+        assert {e.id for e in store.query()} == {e.id for e in events}
+        assert not (journal / "4242-deadbeef.jnl").exists()
+        assert b"{not json}" in (journal / "quarantine.jsonl").read_bytes()
+    finally:
+        store.close()
+
+
+def test_a_live_log_is_not_taken_by_another_store(tmp_path: Path) -> None:
+    settings = settings_for("sqlite", home=str(tmp_path), flush_interval_ms=60000)
+    a = open_store(settings)
+    a.append(make_event(1))
+    b = open_store(settings)
+    assert b.stats()["recovered"] == 0  # type: ignore[attr-defined]
+    assert len(list(a.directory.glob("*.jnl"))) == 2  # type: ignore[attr-defined]
+    b.close()
+    a.close()
+
+
+def test_database_outage_keeps_events_in_the_log(ledger: SQLLedger, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ledger.insert_rows
+    calls = {"n": 0}
+
+    def flaky(rows):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise RuntimeError("database is down")
+        return real(rows)
+
+    monkeypatch.setattr(ledger, "insert_rows", flaky)
+    store = _store(ledger, tmp_path, flush_interval_ms=1)
+    for i in range(20):
+        assert store.append(make_event(i))
+    assert store.flush(timeout=30)
+    assert store.stats()["drain_errors"] >= 3
+    assert ledger.count() == 20
+    store.close()
+
+
+def test_log_rotation_loses_nothing(ledger: SQLLedger, tmp_path: Path) -> None:
+    store = _store(ledger, tmp_path, rotate_bytes=20_000, flush_interval_ms=1)
+    for i in range(300):
+        store.append(make_event(i))
+        if i % 50 == 0:
+            store.flush()
+    store.flush()
+    assert ledger.count() == 300
+    assert len(list((tmp_path / "journal").glob("*.jnl"))) == 1
+    store.close()
+
+
+def test_16_threads_and_200_tasks_record_at_once(ledger: SQLLedger, tmp_path: Path) -> None:
+    store = _store(ledger, tmp_path)
+    per_thread = 150
+    barrier = threading.Barrier(16)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            assert store.append(make_event(i, key=f"t{t}-{i}"))
+            if i % 10 == 0:  # and retries of the same key
+                assert not store.append(make_event(i, key=f"t{t}-{i}"))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+    async def task(n: int) -> None:
+        for i in range(5):
+            await asyncio.sleep(0)
+            assert store.append(make_event(i, key=f"a{n}-{i}", customer=f"c{n % 7}"))
+
+    async def main() -> None:
+        await asyncio.gather(*(task(n) for n in range(200)))
+
+    asyncio.run(main())
+    store.flush()
+    assert ledger.count() == 16 * per_thread + 200 * 5
+    keys = [e.idempotency_key for e in ledger.query()]
+    assert len(keys) == len(set(keys))
+    store.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from ledger.helpers import make_event, settings_for
+    from jevons.ledger import open_store
+    name, n = sys.argv[1], int(sys.argv[2])
+    store = open_store(settings_for("postgres", home=sys.argv[3], dsn=sys.argv[4], schema=sys.argv[5]))
+    for i in range(n):
+        store.append(make_event(i, key=f"{{name}}-{{i}}", customer=name))
+        store.append(make_event(i, key=f"shared-{{i}}", customer="shared"))
+    store.close()
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.postgres
+def test_two_processes_share_one_postgres_ledger(pg_dsn: str, tmp_path: Path) -> None:
+    schema = unique_schema()
+    script = _WRITER.format(tests=str(REPO / "tests"))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    try:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", script, name, "400", str(tmp_path / name), pg_dsn, schema],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("p1", "p2")
+        ]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        from jevons.ledger.database import postgres_ledger
+
+        led = postgres_ledger(pg_dsn, schema=schema)
+        try:
+            assert led.count(EventQuery(customer="p1")) == 400
+            assert led.count(EventQuery(customer="p2")) == 400
+            assert led.count(EventQuery(customer="shared")) == 400  # both wrote them; one each
+            seqs = [s for s, _ in led.events_after(0, 10_000)]
+            assert seqs == sorted(seqs) and len(seqs) == 1200
+        finally:
+            led.close()
+    finally:
+        drop_schema(pg_dsn, schema)

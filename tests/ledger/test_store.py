@@ -1,0 +1,109 @@
+"""The SQL ledger on SQLite and PostgreSQL: same schema, same behaviour."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from jevons.ledger import EventQuery
+from jevons.ledger.database import SQLLedger
+from jevons.ledger.schema import Migration
+from jevons.prices.cost import Cost
+
+from .helpers import T0, make_event
+
+
+def test_append_is_idempotent_on_the_key(ledger: SQLLedger) -> None:
+    e = make_event(1, key="same")
+    assert ledger.append(e) is True
+    assert ledger.append(make_event(2, key="same")) is False
+    assert ledger.count() == 1
+    stored = ledger.query()
+    assert stored[0].id == e.id and stored[0].usage == e.usage
+
+
+def test_round_trip_keeps_every_field_and_decimal(ledger: SQLLedger) -> None:
+    e = make_event(3, run_id="run-9")
+    ledger.append(e)
+    (back,) = ledger.query()
+    assert back == e
+    assert isinstance(back.cost.total_usd, Decimal)
+    assert back.cost.total_usd == e.cost.total_usd
+
+
+def test_append_many_counts_only_new_events(ledger: SQLLedger) -> None:
+    events = [make_event(i) for i in range(50)]
+    assert ledger.append_many(events) == 50
+    assert ledger.append_many([*events[:10], make_event(99)]) == 1
+    assert ledger.count() == 51
+
+
+def test_queries_by_customer_period_run_model_status(ledger: SQLLedger) -> None:
+    events = [
+        make_event(0, customer="acme", ts=T0),
+        make_event(1, customer="acme", ts=T0 + timedelta(days=3), run_id="r1"),
+        make_event(2, customer="acme", ts=T0 + timedelta(days=40), model="claude-sonnet-4"),
+        make_event(3, customer="globex", ts=T0 + timedelta(days=1), priced=False, run_id="r1"),
+        make_event(4, customer="globex", ts=T0 + timedelta(days=2), status="error"),
+    ]
+    ledger.append_many(events)
+    month = EventQuery(customer="acme", since=T0, until=T0 + timedelta(days=30))
+    assert [e.id for e in ledger.query(month)] == [events[0].id, events[1].id]
+    assert {e.id for e in ledger.query(EventQuery(run_id="r1"))} == {events[1].id, events[3].id}
+    assert [e.id for e in ledger.query(EventQuery(model="claude-sonnet-4"))] == [events[2].id]
+    assert [e.id for e in ledger.query(EventQuery(status="unpriced"))] == [events[3].id]
+    assert [e.id for e in ledger.query(EventQuery(status="error"))] == [events[4].id]
+    assert len(ledger.query(EventQuery(limit=2))) == 2
+    # the same answers as the in-memory reference implementation
+    for q in (month, EventQuery(run_id="r1"), EventQuery(status="priced"), EventQuery(customer="globex")):
+        assert [e.id for e in ledger.query(q)] == [
+            e.id for e in sorted(events, key=lambda e: e.timestamp) if q.matches(e)
+        ]
+
+
+def test_unpriced_and_reprice_keep_the_old_cost(ledger: SQLLedger) -> None:
+    ledger.append_many([make_event(0), make_event(1, priced=False, model="new-model")])
+    ((seq, event),) = ledger.unpriced()
+    assert event.cost.total_usd is None
+    new_cost = Cost("new-model", "new-model", "openai", "priced", Decimal("0.0042"),
+                    price_version="openai/new-model@2026-11-02")
+    assert ledger.reprice([(seq, new_cost)]) == 1
+    assert ledger.unpriced() == []
+    (stored,) = ledger.query(EventQuery(model="new-model"))
+    assert stored.cost.total_usd == Decimal("0.0042")
+    assert stored.cost.price_version == "openai/new-model@2026-11-02"
+    (old,) = ledger.cost_history(seq)
+    assert old.status == "unpriced" and old.total_usd is None
+    assert ledger.query(EventQuery(status="priced"))[-1].id == stored.id
+
+
+def test_migrations_are_versioned_and_reusable_by_other_components(ledger: SQLLedger) -> None:
+    assert ledger.schema_versions()["ledger"] == 1
+    assert ledger.ensure_schema("ledger", ()) == []
+    wallet = (
+        Migration(1, "wallets", "CREATE TABLE {p}wallets (customer TEXT PRIMARY KEY, balance TEXT NOT NULL)"),
+        Migration(2, "counters", "CREATE TABLE {p}counters (id {seq_pk}, name TEXT NOT NULL)"),
+    )
+    assert ledger.ensure_schema("policy_test", wallet[:1]) == [1]
+    assert ledger.ensure_schema("policy_test", wallet) == [2]
+    assert ledger.ensure_schema("policy_test", wallet) == []
+    assert ledger.schema_versions() == {"ledger": 1, "policy_test": 2}
+
+
+def test_sequence_order_is_insert_order(ledger: SQLLedger) -> None:
+    ledger.append_many([make_event(i) for i in range(5)])
+    ledger.append_many([make_event(i + 5) for i in range(5)])
+    seqs = [s for s, _ in ledger.events_after(0, 100)]
+    assert seqs == sorted(seqs) and len(seqs) == 10
+    assert [s for s, _ in ledger.events_after(seqs[4], 100)] == seqs[5:]
+    assert ledger.max_seq() == seqs[-1]
+
+
+@pytest.mark.parametrize("bad", ["drop table", "x;y", ""])
+def test_bad_table_prefix_is_refused(tmp_path: object, bad: str) -> None:
+    from jevons.ledger.database import LedgerError, sqlite_ledger
+
+    with pytest.raises(LedgerError):
+        sqlite_ledger(f"{tmp_path}/x.db", prefix=bad)

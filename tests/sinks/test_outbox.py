@@ -1,0 +1,179 @@
+"""Delivery through faults: 500s, 429 + Retry-After, timeouts, resets, a poisoned event, a slow
+server, a long outage. The sink must end up with every event exactly once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from jevons.ledger.database import SQLLedger
+from jevons.sinks.base import parse_retry_after
+from jevons.sinks.lago import LagoSink
+from jevons.sinks.openmeter import OpenMeterSink
+from jevons.sinks.outbox import Outbox, RetryPolicy
+from ledger.helpers import make_event
+
+from .fakes import FakeBilling, Fault
+
+FAST = RetryPolicy(base_s=0.001, max_s=0.01, max_attempts=6)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBilling]:
+    with FakeBilling() as f:
+        yield f
+
+
+def _lago(fake: FakeBilling, timeout: float = 5.0) -> LagoSink:
+    return LagoSink("lago", fake.url, "secret-key", mode="price", timeout=timeout)
+
+
+def _fill(ledger: SQLLedger, n: int) -> set[str]:
+    events = [make_event(i) for i in range(n)]
+    ledger.append_many(events)
+    return {e.idempotency_key for e in events}
+
+
+def test_500s_are_retried_and_nothing_is_lost(ledger: SQLLedger, fake: FakeBilling) -> None:
+    keys = _fill(ledger, 300)
+    fake.state.faults.extend([Fault("500"), Fault("503"), Fault("500")])
+    report = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST).drain("lago")
+    assert report.stopped is None and report.retries == 3
+    assert fake.keys == keys and fake.state.duplicates == 0
+
+
+def test_retry_after_is_honoured(ledger: SQLLedger, fake: FakeBilling) -> None:
+    _fill(ledger, 10)
+    fake.state.faults.extend([Fault("429", retry_after="7"), Fault("429", retry_after="1")])
+    waits: list[float] = []
+    box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST, sleep=waits.append)
+    assert box.drain("lago").delivered == 10
+    assert waits[0] >= 7 and waits[1] >= 1  # the backoff alone would be ~1 ms
+
+
+def test_retry_after_really_waits(ledger: SQLLedger, fake: FakeBilling) -> None:
+    _fill(ledger, 5)
+    fake.state.faults.append(Fault("429", retry_after="1"))
+    Outbox(ledger, {"lago": _lago(fake)}, retry=FAST).drain("lago")
+    t = fake.state.request_times
+    assert len(t) == 2 and t[1] - t[0] >= 0.95
+
+
+def test_parse_retry_after_forms() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_backoff_grows_with_jitter() -> None:
+    import random
+
+    policy = RetryPolicy(base_s=1, factor=2, max_s=30)
+    rng = random.Random(1)
+    delays = [policy.delay(n, None, rng) for n in range(1, 8)]
+    assert 0.5 <= delays[0] <= 1 and 1 <= delays[1] <= 2 and 15 <= delays[6] <= 30
+    assert len({round(policy.delay(3, None, rng), 6) for _ in range(5)}) > 1  # jittered
+
+
+def test_timeouts_and_resets_deliver_exactly_once_in_effect(ledger: SQLLedger, fake: FakeBilling) -> None:
+    keys = _fill(ledger, 400)
+    fake.state.faults.extend([
+        Fault("timeout", seconds=0.6),  # stored, but the answer comes too late
+        Fault("reset"),  # dropped before storing
+        Fault("reset_after_store"),  # stored, then the connection dies
+    ])
+    report = Outbox(ledger, {"lago": _lago(fake, timeout=0.3)}, retry=FAST).drain("lago")
+    assert report.stopped is None and report.retries == 3
+    assert fake.keys == keys
+    assert fake.state.duplicates >= 100  # resent batches were deduplicated by the sink
+    assert len(fake.state.received) == 400
+
+
+def test_poisoned_event_is_dead_lettered_without_holding_back_the_rest(
+    ledger: SQLLedger, fake: FakeBilling
+) -> None:
+    keys = _fill(ledger, 250)
+    poisoned = sorted(keys)[17]
+    fake.state.poison.add(poisoned)
+    box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST)
+    report = box.drain("lago")
+    assert report.dead_lettered == 1 and report.delivered == 249
+    assert fake.keys == keys - {poisoned}
+    (st,) = box.status()
+    assert st.dead_lettered == 1 and st.pending == 0
+    (parked,) = ledger.parked("lago", "dead_letter")
+    assert "422" in (parked.error or "")
+    # fixed on the sink side: replay
+    fake.state.poison.clear()
+    replay = box.replay_dead_letters("lago")
+    assert replay.delivered == 1
+    assert fake.keys == keys and box.status()[0].dead_lettered == 0
+
+
+def test_refused_batch_without_details_is_bisected(ledger: SQLLedger, fake: FakeBilling) -> None:
+    keys = _fill(ledger, 100)
+    poisoned = sorted(keys)[42]
+    fake.state.poison.add(poisoned)
+    sink = OpenMeterSink("om", fake.url, None)
+    report = Outbox(ledger, {"om": sink}, retry=FAST).drain("om")
+    assert report.dead_lettered == 1 and report.delivered == 99
+    assert {k.split("|")[1] for k in fake.keys} == keys - {poisoned}
+
+
+def test_slow_server_and_time_limit_resume_without_loss(ledger: SQLLedger, fake: FakeBilling) -> None:
+    keys = _fill(ledger, 600)
+    fake.state.delay_s = 0.15
+    box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST, fetch_size=100)
+    first = box.drain("lago", max_seconds=0.2)
+    assert first.stopped == "time limit reached" and 0 < first.delivered < 600
+    fake.state.delay_s = 0
+    second = box.drain("lago")
+    assert first.delivered + second.delivered == 600
+    assert fake.keys == keys
+
+
+def test_outage_leaves_a_backlog_that_drains_on_recovery(ledger: SQLLedger, fake: FakeBilling) -> None:
+    keys = _fill(ledger, 150)
+    fake.state.faults.extend([Fault("500")] * 6)
+    box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST)
+    down = box.drain("lago")
+    assert down.stopped and "gave up after 6 attempts" in down.stopped and down.delivered == 0
+    (st,) = box.status()
+    assert st.pending == 150 and st.last_error and "HTTP 500" in st.last_error
+    assert st.oldest_pending_age_s is not None and st.oldest_pending_age_s > 0
+    up = box.drain("lago")
+    assert up.delivered == 150 and fake.keys == keys
+    (st,) = box.status()
+    assert st.pending == 0 and st.last_error is None and st.delivered == 150
+
+
+def test_only_one_drainer_per_sink(ledger: SQLLedger, fake: FakeBilling) -> None:
+    _fill(ledger, 3)
+    a = Outbox(ledger, {"lago": _lago(fake)})
+    b = Outbox(ledger, {"lago": _lago(fake)})
+    assert ledger.acquire_lease("lago", a._owner, 60)
+    assert b.drain("lago").stopped == "another process is draining this sink"
+    ledger.release_lease("lago", a._owner)
+    assert b.drain("lago").delivered == 3
+
+
+def test_many_sinks_have_their_own_cursor(ledger: SQLLedger, fake: FakeBilling) -> None:
+    _fill(ledger, 20)
+    box = Outbox(ledger, {"a": _lago(fake), "b": OpenMeterSink("b", fake.url, None)}, retry=FAST)
+    assert box.drain("a").delivered == 20
+    assert [s.pending for s in box.status()] == [0, 20]
+    _fill(ledger, 5)
+    assert [r.delivered for r in box.drain_all()] == [5, 25]
+
+
+def test_drain_throughput_is_reported(ledger: SQLLedger, fake: FakeBilling) -> None:
+    """Not a timing assertion (see bench/bench_ledger.py): the progress callback sees it all."""
+    _fill(ledger, 1200)
+    seen: list[tuple[int, int]] = []
+    t = time.monotonic()
+    report = Outbox(ledger, {"lago": _lago(fake)}, fetch_size=500).drain(
+        "lago", progress=lambda d, n: seen.append((d, n))
+    )
+    assert report.delivered == 1200 and seen[-1] == (1200, 1200) and time.monotonic() > t
