@@ -32,7 +32,8 @@ CASES = [
         "Anthropic sonnet-4.5 + cache",
         "claude-sonnet-4-5-20250929",
         "anthropic",
-        {"input_tokens": 10_000, "cache_read_tokens": 6_000, "cache_write_tokens": 1_000, "output_tokens": 500},
+        {"input_tokens": 10_000, "cache_read_tokens": 6_000, "cache_write_tokens": 1_000,
+         "output_tokens": 500},
     ),
     ("Gemini 2.5 Pro > 200K", "gemini-2.5-pro", "google", {"input_tokens": 250_000, "output_tokens": 2_000}),
 ]
@@ -126,12 +127,14 @@ def _run(code: str, *args: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
 
-    print("1. per-call cost (best of %d rounds)" % args.rounds)
+    print(f"1. per-call cost (best of {args.rounds} rounds)")
     print(f"   {'case':<30} {'jevons':>10} {'genai-prices':>13} {'speed-up':>9}  total USD")
     ratios = []
     for label, mine, peer, total, _ in _per_call(args.rounds, args.calls):
@@ -148,12 +151,14 @@ def main() -> None:
     print("2. fresh process, median of 5")
     print(f"   import jevons + bundled book load  {book_load * 1e3:7.1f} ms (goal <= 150 ms)")
     print(f"   ... + settings, jevons.default_book() {default_load * 1e3:7.1f} ms")
-    print(f"   import genai_prices + first price   {peer_load * 1e3:7.1f} ms  -> jevons {peer_load / book_load:.1f}x faster")
+    print(f"   import genai_prices + first price   {peer_load * 1e3:7.1f} ms"
+          f"  -> jevons {peer_load / book_load:.1f}x faster")
 
     rss, heap = (int(x) for x in _run(_SUBPROCESS_MEMORY, "jevons").split())
     peer_rss, peer_heap = (int(x) for x in _run(_SUBPROCESS_MEMORY, "genai").split())
     print("3. memory of a fresh process")
-    print(f"   jevons: RSS growth {rss / 2**20:6.1f} MB (import + book; goal <= 30 MB), book heap {heap / 2**20:5.1f} MB")
+    print(f"   jevons: RSS growth {rss / 2**20:6.1f} MB (import + book; goal <= 30 MB),"
+          f" book heap {heap / 2**20:5.1f} MB")
     print(f"   genai-prices: RSS growth {peer_rss / 2**20:6.1f} MB, heap {peer_heap / 2**20:5.1f} MB"
           f"  -> jevons uses {peer_rss / rss:.1f}x less")
     print(json.dumps({

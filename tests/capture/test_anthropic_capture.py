@@ -333,3 +333,15 @@ def test_beta_messages_are_metered(client: anthropic.Anthropic, meter: Meter, re
     replay.on(PATH, "anthropic/messages_cache_1h")
     client.beta.messages.create(**ASK)
     assert only_event(meter).usage == CASES["messages_cache_1h"][0]
+
+
+def test_stream_helper_closed_unread_still_records_the_request(
+    client: anthropic.Anthropic, meter: Meter, replay: ReplayServer
+) -> None:
+    replay.on(PATH, "anthropic/stream_basic")
+    with client.messages.stream(**ASK):
+        pass  # the request was sent on entering; nothing was read
+    assert replay.count(PATH) == 1
+    event = only_event(meter)
+    assert event.status == "aborted" and not event.usage_complete
+    assert event.cost.total_usd is None  # unknown, re-priceable, never $0

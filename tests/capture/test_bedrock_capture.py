@@ -411,3 +411,19 @@ def test_wire_chunks_are_base64_json(replay: ReplayServer) -> None:
     payload = reply.chunks[0][reply.chunks[0].index(b'{"bytes"'):-4]
     inner = json.loads(base64.b64decode(json.loads(payload)["bytes"]))
     assert inner["prompt_token_count"] == 18
+
+
+def test_invoke_stream_exception_after_message_start_keeps_the_prompt_side(
+    bmeter: Meter, make_client: ClientFactory, replay: ReplayServer,
+) -> None:
+    frames = _spec("invoke_stream_anthropic")["frames"][:3]
+    frames.append({"exception": "modelStreamErrorException", "message": "upstream failed"})
+    replay.on(INVOKE_STREAM, Reply.framed(frames, framing="aws-eventstream"))
+    body = bmeter.wrap(make_client()).invoke_model_with_response_stream(
+        modelId="us.anthropic.claude-sonnet-4-5-20250929-v1:0", body=b"{}")["body"]
+    with pytest.raises(EventStreamError):
+        list(body)
+    event = _only(bmeter)
+    assert (event.status, event.usage_complete) == ("error", False)
+    assert event.usage.input_tokens == 1540 and event.usage.cache_write_5m_tokens == 1500
+    assert event.cost.status == "estimated" and event.cost.total_usd is not None

@@ -149,7 +149,8 @@ def test_headers_fallback_with_cache_headers() -> None:
                "X-Amzn-Bedrock-Cache-Read-Input-Token-Count": "900",
                "X-Amzn-Bedrock-Cache-Write-Input-Token-Count": "50"}
     response = {"ResponseMetadata": {"HTTPHeaders": headers}, "body": b'{"outputs": []}'}
-    usage = jevons.usage_from_response("bedrock", response, api="invoke", model="mistral.mistral-7b-instruct-v0:2")
+    model = "mistral.mistral-small-2402-v1:0"
+    usage = jevons.usage_from_response("bedrock", response, api="invoke", model=model)
     assert usage == Usage(input_tokens=1050, output_tokens=7, cache_read_tokens=900, cache_write_5m_tokens=50)
 
 

@@ -125,3 +125,8 @@ def test_tool_use_prompt_modalities_count_as_input_modalities() -> None:
         }},
     )
     assert usage == Usage(input_tokens=310, output_tokens=5, image_input_tokens=258)
+
+
+def test_the_google_alias_reads_the_same_usage() -> None:
+    body = fixture_json("gemini/generate_cache")
+    assert jevons.usage_from_response("google", body) == EXPECTED["generate_cache"]

@@ -49,7 +49,9 @@ def complete(replay: ReplayServer, **kw: Any) -> Any:
                               api_key="sk-test", **kw)
 
 
-def test_completion_is_metered_with_context_and_metadata(replay: ReplayServer, meter: Meter, callback: Any) -> None:
+def test_completion_is_metered_with_context_and_metadata(
+    replay: ReplayServer, meter: Meter, callback: Any
+) -> None:
     replay.on(CHAT, "openai/chat_cached")
     with meter.context(customer="acme"):
         response = complete(replay, metadata={"jevons_tags": {"team": "x"}})

@@ -106,3 +106,15 @@ def test_stream_cut_before_usage_chunk_is_incomplete() -> None:
 def test_unknown_shapes_raise_value_error(body: Any) -> None:
     with pytest.raises(ValueError):
         jevons.usage_from_response("mistral", body)
+
+
+def test_sdk_defaults_never_turn_an_unknown_shape_into_zero_usage() -> None:
+    # the SDK's UsageInfo fills absent counts with 0; they were not reported, so this is unknown
+    body = {**fixture_json("mistral/chat_basic"), "usage": {"input": 5, "output": 2}}
+    with pytest.raises(ValueError):
+        jevons.usage_from_response("mistral", ChatCompletionResponse.model_validate(body))
+
+
+def test_the_mistralai_alias_reads_the_same_usage() -> None:
+    body = fixture_json("mistral/chat_cache")
+    assert jevons.usage_from_response("mistralai", body, api="chat") == EXPECTED["chat_cache"]

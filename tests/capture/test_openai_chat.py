@@ -9,7 +9,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from jevons.capture.meter import Meter
-from replay import ReplayServer
+from replay import ReplayServer, Reply, fixture_json
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -97,6 +97,7 @@ def test_stream_requests_usage_and_records_it(replay: ReplayServer, meter: Meter
     client = meter.wrap(client_for(replay), customer="acme")
     stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     assert isinstance(stream, openai.Stream)
+    assert stream.response.status_code == 200  # the SDK's own stream object
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == "Hello! How can I help?"
     assert replay.last(CHAT).json["stream_options"] == {"include_usage": True}
@@ -252,3 +253,105 @@ async def test_async_stream_closed_early_is_aborted(replay: ReplayServer, meter:
     await stream.close()
     [event] = meter.events()
     assert event.status == "aborted" and not event.usage_complete
+
+
+async def test_async_sdk_retries_are_recorded(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, ["openai/error_429", "openai/chat_stream"])
+    client = meter.wrap(aclient_for(replay, max_retries=2), customer="acme")
+    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    async for _chunk in stream:
+        pass
+    events = sorted(meter.events(), key=lambda e: e.attempt)
+    assert [(e.attempt, e.status) for e in events] == [(1, "error"), (2, "ok")]
+    assert events[1].usage.output_tokens == 10 and events[0].usage.total_tokens == 0
+
+
+def test_connection_refused_is_a_known_free_error(meter: Meter) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = meter.wrap(OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0),
+                        customer="acme")
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    [event] = meter.events()
+    assert event.status == "error" and event.usage_complete and "APIConnectionError" in (event.error or "")
+    assert event.usage.total_tokens == 0 and event.cost.total_usd == 0  # never connected: nothing billed
+
+
+def test_timeout_after_the_request_is_sent_is_incomplete(replay: ReplayServer, meter: Meter) -> None:
+    from replay import Reply
+
+    replay.on(CHAT, Reply(delay=1.0, body=b"{}"))  # answers after the client gave up
+    client = meter.wrap(OpenAI(base_url=replay.url + "/v1", api_key="x", max_retries=0, timeout=0.2),
+                        customer="acme")
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    [event] = meter.events()
+    assert event.status == "error" and not event.usage_complete
+    assert event.cost.status == "unpriced" and event.cost.total_usd is None  # unknown: never a silent $0
+
+
+def test_parse_is_metered(replay: ReplayServer, meter: Meter) -> None:
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        text: str
+
+    body = fixture_json("openai/chat_basic")
+    body["choices"][0]["message"]["content"] = '{"text": "hi"}'
+    replay.on(CHAT, Reply.json(body))
+    client = meter.wrap(client_for(replay), customer="acme")
+    parsed = client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES, response_format=Answer,
+                                           jevons_feature="extract")
+    assert parsed.choices[0].message.parsed == Answer(text="hi")
+    [event] = meter.events()
+    assert event.feature == "extract" and event.usage.input_tokens == 19
+
+
+def test_stream_helper_left_early_is_aborted(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(client_for(replay), customer="acme")
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+        assert stream._response.status_code == 200
+        for _event in stream:
+            break
+    [event] = meter.events()
+    assert event.status == "aborted"
+
+
+async def test_async_stream_helper_left_early_is_aborted(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(aclient_for(replay), customer="acme")
+    async with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+        async for _event in stream:
+            break
+    [event] = meter.events()
+    assert event.status == "aborted" and not event.usage_complete
+
+
+def test_stream_closed_or_dropped_unread_is_aborted(replay: ReplayServer, meter: Meter) -> None:
+    import gc
+
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(client_for(replay), customer="acme")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True).close()
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    del stream
+    gc.collect()
+    events = meter.events()
+    assert [e.status for e in events] == ["aborted", "aborted"]
+    assert all(not e.usage_complete and e.cost.status == "unpriced" for e in events)
+
+
+def test_wrapping_a_wrapped_client_meters_once(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    once = meter.wrap(client_for(replay), feature="f")
+    twice = meter.wrap(once, customer="acme")
+    twice.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    twice.with_options(timeout=3).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    events = meter.events()
+    assert len(events) == 2
+    assert all((e.customer, e.feature) == ("acme", "f") for e in events)

@@ -85,19 +85,17 @@ def settings_for(backend: str, *, home: str, dsn: str | None = None, schema: str
     return load_settings(environ=env)
 
 
-def open_test_ledger(backend: str, tmp: str, dsn: str | None) -> Iterator[SQLLedger]:
+def open_test_ledger(
+    backend: str, tmp: str, dsn: str | None, schema: str | None = None
+) -> Iterator[SQLLedger]:
+    """A fresh ledger: a SQLite file, or tables with a unique prefix in the run's PostgreSQL
+    schema (dropped with the schema at the end of the session)."""
     if backend == "sqlite":
         ledger = sqlite_ledger(f"{tmp}/ledger.db")
-        try:
-            yield ledger
-        finally:
-            ledger.close()
-        return
-    assert dsn is not None
-    schema = unique_schema()
-    ledger = postgres_ledger(dsn, schema=schema)
+    else:
+        assert dsn is not None and schema is not None
+        ledger = postgres_ledger(dsn, schema=schema, prefix=f"t{uuid.uuid4().hex[:10]}_")
     try:
         yield ledger
     finally:
         ledger.close()
-        drop_schema(dsn, schema)

@@ -210,12 +210,14 @@ def test_two_processes_share_one_postgres_ledger(pg_dsn: str, tmp_path: Path) ->
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     try:
         procs = [
-            subprocess.Popen([sys.executable, "-c", script, name, "400", str(tmp_path / name), pg_dsn, schema],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, "-c", script, name, "400", str(tmp_path / name), pg_dsn, schema],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
             for name in ("p1", "p2")
         ]
         for p in procs:
-            out, err = p.communicate(timeout=120)
+            _, err = p.communicate(timeout=120)
             assert p.returncode == 0, err
         from jevons.ledger.database import postgres_ledger
 

@@ -272,6 +272,19 @@ def test_invoice_lines_round_half_up_and_sum_exactly() -> None:
     assert inv.total_exact == D("0.130")
 
 
+def test_credits_absorb_the_cent_that_rounding_each_line_moves() -> None:
+    pol = policy('default_plan = "p"\n[classes.base]\n[classes.premium]\npriority = 1\nmodels = ["gpt-5"]\n'
+                 '[plans.p.classes.base]\nmode = "price"\nmarkup = 1\n'
+                 '[plans.p.classes.premium]\nmode = "price"\nmarkup = 1\n'
+                 '[[customers.acme.credits]]\namount = 5\neffective = 2026-03-01\n')
+    inv = invoice(pol, [event("0.004"), event("0.004", model="gpt-5")])
+    assert [line.rounded for line in inv.lines] == [D("0.00"), D("0.00"), D("0.00")]
+    assert inv.total_due == 0 and inv.total_exact == 0
+    inv = invoice(pol, [event("0.006"), event("0.006", model="gpt-5")])
+    assert [line.rounded for line in inv.lines] == [D("0.01"), D("0.01"), D("-0.02")]
+    assert inv.total_due == 0
+
+
 def test_no_plan_is_a_clear_error() -> None:
     pol = policy('[plans.p.classes.base]\nmode = "price"\nmarkup = 1\n')
     with pytest.raises(RatingError, match="no plan"):
@@ -301,3 +314,26 @@ def test_classification_by_pattern_provider_feature_threshold_and_reasoning() ->
     for expected, e in cases.items():
         rated, _ = eng.rate_customer("acme", [e])
         assert rated[0].cost_class == expected
+
+
+def test_the_worked_example_of_the_docs() -> None:
+    import json
+    from pathlib import Path
+
+    from jevons.events import Event
+    from jevons.policy.loader import load_policy
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "policies"
+    pol = load_policy(root / "worked_example.toml")
+    text = (root / "worked_example.jsonl").read_text()
+    events = [Event.from_dict(json.loads(line)) for line in text.splitlines()]
+    rated, rater = PolicyEngine(pol).rate_customer("acme", events, through="2026-03")
+    assert [(r.charge, r.included, r.discount, r.billed, r.absorbed) for r in rated] == [
+        (D(4), D(4), 0, 0, 0), (D(8), D(6), 0, D(2), 0), (D(18), 0, D("1.8"), D("16.2"), 0),
+        (D(96), 0, 0, D("81.8"), D("14.2")),
+    ]
+    inv = rater.invoices[-1]
+    assert lines(inv) == {"team plan fee": D(30), "usage: base": D("16.20"), "usage: premium": D("83.80"),
+                          "period margin floor": D("18.56"), "promotional credits applied": D(-20)}
+    assert (inv.total_due, inv.total_exact, inv.cost, inv.revenue, inv.margin, inv.absorbed_cost) == (
+        D("128.56"), D("128.5625"), D("68.30"), D("128.5625"), D("60.2625"), D("8.875"))

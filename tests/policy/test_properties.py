@@ -122,6 +122,8 @@ def test_invariants_of_batch_rating(pol: Policy, events: list) -> None:
             assert inv.total_due == sum(line.rounded for line in inv.lines)
             assert inv.total_exact == sum(line.amount for line in inv.lines)
             assert inv.total_due >= 0
+            if any(line.kind.startswith("credit") for line in inv.lines):
+                assert inv.total_due == max(inv.total_exact.quantize(D("0.01"), rounding="ROUND_HALF_UP"), 0)
             assert inv.margin == inv.revenue - inv.cost
             assert inv.events == len(mine)
 

@@ -180,3 +180,46 @@ def test_postgres_grants_and_balances(pg_store: PostgresPolicyStore) -> None:
     rt(event("20", when=at(1)))
     assert [g.id for g in pg_store.grants()] == ["g1"]
     assert rt.balances("acme", at(2))["credits"]["total"] == D(70)
+
+
+def test_a_late_event_of_a_closed_period_is_recorded_not_rated_into_the_new_one(
+    sqlite_store: SqlitePolicyStore,
+) -> None:
+    rt = runtime(sqlite_store)
+    rt(event("10", when=at(2, month=4)))
+    late = rt(event("10", when=at(20, month=3)))
+    assert isinstance(late, dict) and late["late"] is True and late["billed"] == "20"
+    assert rt.balances("acme", at(3, month=4))["billed"] == D(10)
+
+
+def test_alerts_reach_a_webhook_once_per_period(sqlite_store: SqlitePolicyStore) -> None:
+    import http.server
+    import json
+
+    from jevons.policy.runtime import webhook_alert_hook
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        rt = runtime(sqlite_store, on_alert=[webhook_alert_hook(f"http://127.0.0.1:{server.server_address[1]}/")])
+        rt(event("40", when=at(1)))  # 80 charge, 70 billed: allowance 100%, cap 0.5 not yet
+        rt(event("5", when=at(2)))
+        rt(event("5", when=at(3)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    keys = [r["key"] for r in received]
+    assert keys == ["allowance:0:*:0.5", "allowance:0:*:1", "cap:0.5"]
+    assert received[-1]["customer"] == "acme" and received[-1]["period"] == "2026-03"

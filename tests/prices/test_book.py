@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -119,8 +120,10 @@ def test_service_tiers_are_price_variants() -> None:
     missing = book.cost("gpt-4o", U, tier="priority")
     assert missing.status == "estimated"
     assert "no priority price" in missing.notes[0]
-    with pytest.raises(ValueError):
-        book.cost("gpt-4o", U, tier="gold")
+    assert book.cost("gpt-4o", U, tier="default").status == "priced"  # OpenAI's name for standard
+    odd = book.cost("gpt-4o", U, tier="gold")  # never an error on the customer's call
+    assert odd.status == "estimated" and "unknown service tier" in odd.notes[0]
+    assert odd.total_usd == Decimal("12.5")
 
 
 def test_versions_keep_source_fetch_time_and_id() -> None:
@@ -210,3 +213,14 @@ def test_service_tier_enum_round_trips() -> None:
     v = version(Layer.LIVE, 3)
     again = PriceVersion.from_dict(v.to_dict())
     assert again == v and again.service_tier is ServiceTier.STANDARD
+
+
+def test_a_scheduled_price_takes_over_by_itself() -> None:
+    book = load_bundled_book()
+    book.cost("gpt-4o", U)  # warm the current-price caches
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    book.add(version(Layer.OVERRIDE, 1, start=soon))
+    assert book.cost("gpt-4o", U).total_usd == Decimal("12.5")  # not yet in force
+    assert book.cost("gpt-4o", U, at=soon).total_usd == Decimal(2)
+    time.sleep(max((soon - datetime.now(UTC)).total_seconds(), 0) + 0.05)
+    assert book.cost("gpt-4o", U).total_usd == Decimal(2)  # the cached current price rolled over

@@ -239,3 +239,25 @@ def test_unmapped_bedrock_names_are_priced_under_a_derived_id(tmp_path: Path) ->
     parsed = bedrock.parse_offer(offer, {})
     assert any("unmapped" in s for s in parsed.skipped)
     assert "anthropic.claude-opus-4.7" in {s.model for s in parsed.skus}
+
+
+def test_live_prices_older_than_the_bundled_snapshot_give_way_to_it() -> None:
+    settings = load_settings()
+    store = PriceStore(settings.home_dir)
+    _, bundled, _ = load_bundled_book().lookup("gpt-4o")
+    assert bundled is not None and bundled.fetched_at is not None
+    old_fetch = bundled.fetched_at - timedelta(days=30)
+    stale = bundled.with_validity(old_fetch, None)
+    stale = type(stale)(
+        **{
+            **{f: getattr(stale, f) for f in stale.__slots__},
+            "layer": stale.layer.LIVE,
+            "rates": {Dim.INPUT: 9 * M, Dim.OUTPUT: 9 * M},
+            "fetched_at": old_fetch,
+            "version_id": "",
+        }
+    )
+    store.save_live([stale])
+    book = build_book(settings)
+    assert book.cost("gpt-4o", U, at=old_fetch + timedelta(days=1)).total_usd == Decimal(18)  # live then
+    assert book.cost("gpt-4o", U).total_usd == Decimal("12.5")  # the newer bundled price now

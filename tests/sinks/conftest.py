@@ -6,13 +6,20 @@ from pathlib import Path
 import pytest
 
 from jevons.ledger.database import SQLLedger
-
-from ledger.helpers import open_test_ledger
+from ledger.helpers import drop_schema, open_test_ledger, unique_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_run_schema(pg_dsn: str) -> Iterator[str]:
+    """One PostgreSQL schema per test run (parallel runs never collide), dropped at the end."""
+    schema = unique_schema()
+    yield schema
+    drop_schema(pg_dsn, schema)
 
 
 @pytest.fixture
@@ -21,5 +28,7 @@ def dsn_for(backend: str, request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def ledger(backend: str, dsn_for: str | None, tmp_path: Path) -> Iterator[SQLLedger]:
-    yield from open_test_ledger(backend, str(tmp_path), dsn_for)
+def ledger(backend: str, dsn_for: str | None, tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[SQLLedger]:
+    schema = request.getfixturevalue("pg_run_schema") if backend == "postgres" else None
+    yield from open_test_ledger(backend, str(tmp_path), dsn_for, schema)

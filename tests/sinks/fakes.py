@@ -10,10 +10,12 @@ it accepted to ``STATE_FILE`` and can kill itself with SIGKILL in the middle of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -44,6 +46,7 @@ class FakeState:
     faults: deque[Fault] = field(default_factory=deque)
     poison: set[str] = field(default_factory=set)
     delay_s: float = 0.0
+    outage: int | None = None  # answer every request with this status while set
     duplicate_422: bool = False
     request_times: list[float] = field(default_factory=list)
     keep_bodies: bool = True
@@ -66,9 +69,14 @@ def _key(path: str, rec: dict[str, Any]) -> str:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in two writes: without this, Nagle + delayed ACK add 40 ms
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     state: FakeState
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return None
 
     def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -82,14 +90,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _reset(self) -> None:
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # linger 0: close sends a TCP reset
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()
         self.close_connection = True
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         st = self.state
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         with st.lock:
@@ -105,6 +111,9 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._reply(200, {"object": "v2.billing.meter_event_session",
                               "authentication_token": "mes_tok_1", "expires_at": "2099-01-01T00:00:00Z"})
+            return
+        if st.outage is not None:
+            self._reply(st.outage, {"error": "down for maintenance"})
             return
         if fault is not None:
             if fault.kind in ("500", "503"):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from openapi_schema_validator import OAS31Validator
 
+from conftest import SHARED_DATA
 from jevons.ledger.database import SQLLedger
 from jevons.prices.cost import Cost
 from jevons.sinks.base import Hold
@@ -21,14 +22,13 @@ from jevons.sinks.outbox import Outbox, RetryPolicy
 from jevons.usage import Usage
 from ledger.helpers import make_event
 
-from conftest import SHARED_DATA
 from .fakes import FakeBilling
 
 
 @cache
 def _validator() -> OAS31Validator:
     spec_path: Path = SHARED_DATA / "lago" / "openapi.yaml"
-    spec = yaml.safe_load(spec_path.read_text())
+    spec = yaml.load(spec_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     schema = {"$ref": "#/components/schemas/EventBatchInput", "components": spec["components"]}
     return OAS31Validator(schema)
 

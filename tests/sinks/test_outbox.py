@@ -124,9 +124,9 @@ def test_refused_batch_without_details_is_bisected(ledger: SQLLedger, fake: Fake
 
 def test_slow_server_and_time_limit_resume_without_loss(ledger: SQLLedger, fake: FakeBilling) -> None:
     keys = _fill(ledger, 600)
-    fake.state.delay_s = 0.15
+    fake.state.delay_s = 0.25  # per request: 6 chunks of 100 take 1.5 s
     box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST, fetch_size=100)
-    first = box.drain("lago", max_seconds=0.2)
+    first = box.drain("lago", max_seconds=0.4)
     assert first.stopped == "time limit reached" and 0 < first.delivered < 600
     fake.state.delay_s = 0
     second = box.drain("lago")
@@ -136,9 +136,10 @@ def test_slow_server_and_time_limit_resume_without_loss(ledger: SQLLedger, fake:
 
 def test_outage_leaves_a_backlog_that_drains_on_recovery(ledger: SQLLedger, fake: FakeBilling) -> None:
     keys = _fill(ledger, 150)
-    fake.state.faults.extend([Fault("500")] * 6)
+    fake.state.outage = 500
     box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST)
     down = box.drain("lago")
+    fake.state.outage = None
     assert down.stopped and "gave up after 6 attempts" in down.stopped and down.delivered == 0
     (st,) = box.status()
     assert st.pending == 150 and st.last_error and "HTTP 500" in st.last_error

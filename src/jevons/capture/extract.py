@@ -29,6 +29,7 @@ __all__ = [
     "as_dict",
     "extract",
     "field",
+    "fields_of",
     "get_extractor",
     "register_extractor",
     "to_int",
@@ -122,15 +123,80 @@ def usage_from_response(
 
 # ---------------------------------------------------------------------- helpers for extractors
 def field(obj: Any, name: str, default: Any = None) -> Any:
-    """``obj[name]`` for a mapping, ``obj.name`` for an object; ``default`` when absent/None."""
+    """``obj[name]`` for a mapping, ``obj.name`` for an object; ``default`` when absent/None.
+
+    Fast on the hot path: a pydantic model's fields are read from its ``__dict__`` (and its
+    extra fields from ``__pydantic_extra__``) without ``getattr``, because a *missing*
+    attribute on a pydantic model costs an exception inside its ``__getattr__``.
+    """
     if obj is None:
         return default
-    value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+    if type(obj) is dict:
+        value = obj.get(name)
+    else:
+        state = getattr(obj, "__dict__", None)
+        if state is not None and name in state:
+            value = state[name]
+        elif isinstance(obj, Mapping):
+            value = obj.get(name)
+        elif hasattr(type(obj), "__pydantic_fields__") and not name.startswith("_"):
+            extra = obj.__pydantic_extra__
+            if extra and name in extra:
+                value = extra[name]
+            elif hasattr(type(obj), name):  # a property or other class-level attribute
+                value = getattr(obj, name, None)
+            else:
+                value = None
+        else:
+            value = getattr(obj, name, None)
     return default if value is None else value
+
+
+_NO_FIELDS: Mapping[str, Any] = {}
+
+
+class _AttrView(Mapping[str, Any]):
+    """Read-only mapping over an object's attributes (for SDK objects that are not pydantic)."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return getattr(self._obj, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self._obj, name, default)
+
+    def __iter__(self) -> Any:
+        return iter(k for k in dir(self._obj) if not k.startswith("_"))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def fields_of(obj: Any) -> Mapping[str, Any]:
+    """A read-only mapping of ``obj``'s fields (dict, pydantic model or plain object), to read
+    many fields of one block cheaply with ``.get(name)``; ``{}`` for ``None``."""
+    if obj is None:
+        return _NO_FIELDS
+    if type(obj) is dict or isinstance(obj, Mapping):
+        return obj
+    if hasattr(type(obj), "__pydantic_fields__"):
+        state: dict[str, Any] = obj.__dict__
+        extra = obj.__pydantic_extra__
+        return {**state, **extra} if extra else state
+    return _AttrView(obj)
 
 
 def to_int(value: Any) -> int:
     """A token count from JSON/SDK (``None`` -> 0); refuses non-integral values."""
+    if type(value) is int:
+        return value
     if value is None:
         return 0
     if isinstance(value, bool):

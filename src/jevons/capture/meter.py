@@ -199,7 +199,9 @@ class Call:
             return None
         status_code = _status_of(exc)
         if extracted is None:
-            extracted = Extracted(_NO_USAGE, complete=status_code is not None)
+            # an HTTP error status or a connection never made: known to bill nothing
+            known = status_code is not None or _never_connected(exc)
+            extracted = Extracted(_NO_USAGE, complete=known)
         elif status_code is None:
             extracted.complete = False
         label = f"{type(exc).__name__}" + (f" (HTTP {status_code})" if status_code else "")
@@ -240,6 +242,18 @@ def review_extracted(response: Any) -> Extracted:
         raw = {"repr": repr(response)[:2000]}
     return Extracted(_NO_USAGE, complete=False, needs_review=True, raw_usage=raw,
                      note="usage shape not recognised; kept for review")
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """True when the exception (or its cause chain) is a failure to open the connection."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if type(cur).__name__ in ("ConnectError", "ConnectionRefusedError"):
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -416,7 +430,8 @@ class Meter:
         gw = None if gateway_cost_usd is None else Decimal(str(gateway_cost_usd))
         attribution = _attr.make(customer, feature, tags).over(_attr._CONTEXT.get()).over(self.default)
         run = _RUN.get()
-        step = run.next_step() if run is not None else None
+        # the call already happened: it counts against the run, but is never refused
+        step = run.next_step(check_budget=False) if run is not None else None
         call = Call(self, provider, api, model, attribution, run, step, provider)
         extracted = Extracted(usage, model_served, usage_complete, False, raw_usage, gw,
                               service_tier, region)

@@ -57,10 +57,10 @@ class Run:
     def remaining_usd(self) -> Decimal | None:
         return None if self.budget_usd is None else self.budget_usd - self.cost_usd
 
-    def next_step(self) -> int:
-        """Check the budget, then hand out the next step index."""
+    def next_step(self, *, check_budget: bool = True) -> int:
+        """Check the budget (unless told not to), then hand out the next step index."""
         with self._lock:
-            if self.budget_usd is not None and self.cost_usd >= self.budget_usd:
+            if check_budget and self.budget_usd is not None and self.cost_usd >= self.budget_usd:
                 raise BudgetExceeded(self.run_id, self.budget_usd, self.cost_usd)
             self.steps += 1
             return self.steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -11,8 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
 err = Console(stderr=True)
+
+
+def _console() -> Console:
+    """stdout; 120 columns when it is not a terminal (logs, pipes), so tables are not squeezed."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=120)
 
 
 def _fail(message: str) -> NoReturn:
@@ -20,14 +26,28 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _stress_tables(run: Any) -> None:
+def _json_safe(value: Any) -> Any:
+    """Strict JSON: NaN and infinities (a margin % without revenue) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _stress_tables(run: Any, console: Console | None = None) -> None:
     from jevons.insight.html import fmt_pct, fmt_tasks, fmt_usd
     from jevons.insight.stress_report import COMPARISON_HEADER, DRIVER_LABELS, comparison_rows
     from jevons.insight.taskmodel import DRIVERS
 
+    console = console or _console()
     s = run.scenario
     mode = "deterministic" if run.deterministic else f"seed {s.seed}"
-    t = Table(title=f"{s.name}: {run.customers:,} customers × {s.months} months ({mode}, {run.seconds:.2f} s)")
+    t = Table(
+        title=f"{s.name}: {run.customers:,} customers × {s.months} months ({mode}, {run.seconds:.2f} s)"
+    )
     for h in COMPARISON_HEADER:
         t.add_column(h, justify="left" if h == "policy" else "right")
     for row in comparison_rows(run):
@@ -35,14 +55,27 @@ def _stress_tables(run: Any) -> None:
     console.print(t)
 
     t = Table(title="The margin cliff: tasks per customer-month where the margin reaches 0 / the floor")
-    for h in ("policy", "plan", "margin 0 (month 1)", f"margin 0 (month {s.months})", "floor",
-              "below floor (month 1)", f"below floor (month {s.months})"):
+    for h in (
+        "policy",
+        "plan",
+        "margin 0 (month 1)",
+        f"margin 0 (month {s.months})",
+        "floor",
+        "below floor (month 1)",
+        f"below floor (month {s.months})",
+    ):
         t.add_column(h, justify="left" if h in ("policy", "plan") else "right")
     for p in run.policies:
         for c in p.cliffs:
-            t.add_row(p.label, c["plan"], fmt_tasks(c["zero_margin_tasks"]),
-                      fmt_tasks(c["zero_margin_tasks_last_month"]), fmt_pct(c["floor"]),
-                      fmt_tasks(c["floor_tasks"]), fmt_tasks(c["floor_tasks_last_month"]))
+            t.add_row(
+                p.label,
+                c["plan"],
+                fmt_tasks(c["zero_margin_tasks"]),
+                fmt_tasks(c["zero_margin_tasks_last_month"]),
+                fmt_pct(c["floor"]),
+                fmt_tasks(c["floor_tasks"]),
+                fmt_tasks(c["floor_tasks_last_month"]),
+            )
     console.print(t)
 
     a = run.attribution
@@ -50,7 +83,9 @@ def _stress_tables(run: Any) -> None:
     t.add_column("driver")
     t.add_column("cost added", justify="right")
     t.add_column("share", justify="right")
-    t.add_row(DRIVER_LABELS["base"], fmt_usd(a.base_usd), fmt_pct(a.base_usd / a.total_usd if a.total_usd else 0))
+    t.add_row(
+        DRIVER_LABELS["base"], fmt_usd(a.base_usd), fmt_pct(a.base_usd / a.total_usd if a.total_usd else 0)
+    )
     for d in DRIVERS:
         t.add_row(DRIVER_LABELS[d], fmt_usd(a.driver_usd[d]), fmt_pct(a.shares()[d]))
     console.print(t)
@@ -67,13 +102,22 @@ def _stress_tables(run: Any) -> None:
 
 def stress(
     scenario: Annotated[Path | None, typer.Argument(help="Scenario TOML file.", show_default=False)] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="A built-in scenario instead of a file.")] = None,
-    policy: Annotated[list[str] | None, typer.Option("--policy", help="Policy file (repeat to compare); builtin:flat, builtin:cost-plus.")] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="A built-in scenario instead of a file.")
+    ] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", help="Policy file (repeat to compare); builtin:flat, builtin:cost-plus."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Write a self-contained HTML report.")
+    ] = None,
     customers: Annotated[int | None, typer.Option("--customers", help="Override customers.count.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override the scenario's seed.")] = None,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="No sampling: quantile grid, no noise.")] = False,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="No sampling: quantile grid, no noise.")
+    ] = False,
 ) -> None:
     """Stress-test pricing: simulate customers x months and find where the margin breaks."""
     from jevons.insight.scenario import ScenarioError
@@ -90,8 +134,12 @@ def stress(
         if changes:
             sc = sc.with_changes(**changes)
         with Progress(
-            TextColumn("[progress.description]{task.description}"), BarColumn(), TimeElapsedColumn(),
-            console=err, transient=True, disable=as_json or sc.customers.count < 200_000,
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or sc.customers.count < 200_000,
         ) as bar:
             task = bar.add_task("simulating", total=None)
 
@@ -105,20 +153,29 @@ def stress(
     if html_out is not None:
         write_stress_report(run, html_out)
     if as_json:
-        typer.echo(json.dumps(run.to_dict(), indent=2, default=str))
+        typer.echo(json.dumps(_json_safe(run.to_dict()), indent=2, default=str, allow_nan=False))
     else:
-        _stress_tables(run)
+        console = _console()
+        _stress_tables(run, console)
         if html_out is not None:
             console.print(f"HTML report: {html_out}")
 
 
 def margin(
-    period: Annotated[str | None, typer.Option("--period", help="YYYY-MM (default: the latest with events).")] = None,
+    period: Annotated[
+        str | None, typer.Option("--period", help="YYYY-MM (default: the latest with events).")
+    ] = None,
     by: Annotated[str, typer.Option("--by", help="customer, plan, model, feature or class.")] = "customer",
-    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (default: [billing] policy_file).")] = None,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default: [billing] policy_file).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
-    floor: Annotated[float, typer.Option("--floor", help="Margin floor for customers whose plan has none.")] = 0.2,
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Write a self-contained HTML report.")
+    ] = None,
+    floor: Annotated[
+        float, typer.Option("--floor", help="Margin floor for customers whose plan has none.")
+    ] = 0.2,
     webhook: Annotated[str | None, typer.Option("--webhook", help="POST alerts (JSON) to this URL.")] = None,
 ) -> None:
     """Revenue, cost and margin from the ledger, rated by the policy engine; the customers past
@@ -130,7 +187,10 @@ def margin(
         _fail(f"--by: {by!r} is not one of {', '.join(GROUPINGS)}")
     try:
         report = margin_report_from_settings(
-            period=period, by=by, policy_file=str(policy) if policy else None, default_floor=floor,
+            period=period,
+            by=by,
+            policy_file=str(policy) if policy else None,
+            default_floor=floor,
             webhook=webhook,
         )
     except (MarginError, ValueError, OSError) as exc:
@@ -141,13 +201,16 @@ def margin(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
+        console = _console()
         print_margin_report(report, console)
         if html_out is not None:
             console.print(f"HTML report: {html_out}")
 
 
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the HTML reports.")] = Path("jevons-demo"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the HTML reports.")] = Path(
+        "jevons-demo"
+    ),
     customers: Annotated[int, typer.Option("--customers", help="Customers in the generated month.")] = 36,
     seed: Annotated[int, typer.Option("--seed")] = 42,
 ) -> None:
@@ -157,9 +220,9 @@ def demo(
     from jevons.insight.demo import DemoUnavailable, run_demo
 
     try:
-        run_demo(out_dir=out_dir, customers=customers, seed=seed, console=console)
+        run_demo(out_dir=out_dir, customers=customers, seed=seed, console=_console())
     except DemoUnavailable as exc:
-        err.print(str(exc), highlight=False, markup=False)
+        err.print(str(exc), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -101,13 +101,15 @@ def register(app: typer.Typer) -> None:
             typer.echo("no sinks configured (add a [sinks.<name>] table to jevons.toml)")
             return
         table = Table(title="jevons outbox")
-        for col in ("sink", "type", "pending", "oldest pending", "delivered", "dead-lettered",
-                    "waiting for price", "unattributed", "last error"):
-            table.add_column(col, justify="right" if col not in ("sink", "type", "last error") else "left")
+        for col in ("sink", "pending", "oldest", "delivered", "dead-lettered", "wait price",
+                    "no customer", "last error"):
+            table.add_column(col, justify="left" if col in ("sink", "last error") else "right",
+                             no_wrap=col == "sink")
         for r in rows:
             err = "-" if not r.last_error else f"{r.last_error[:80]} ({_age(r.last_error_age_s)} ago)"
-            table.add_row(r.sink, r.kind, str(r.pending), _age(r.oldest_pending_age_s), str(r.delivered),
-                          str(r.dead_lettered), str(r.waiting_for_price), str(r.unattributed), err)
+            table.add_row(f"{r.sink} ({r.kind})", str(r.pending), _age(r.oldest_pending_age_s),
+                          str(r.delivered), str(r.dead_lettered), str(r.waiting_for_price),
+                          str(r.unattributed), err)
         Console().print(table)
 
     @outbox.command("drain")

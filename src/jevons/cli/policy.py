@@ -42,12 +42,20 @@ def _die(message: str) -> NoReturn:
 @contextmanager
 def _clean_errors() -> Iterator[None]:
     """Expected errors -> one line on stderr, exit code 2."""
+    from pydantic import ValidationError
+
     from jevons.config import ConfigError
     from jevons.policy.engine import RatingError
     from jevons.policy.loader import PolicyError
 
     try:
         yield
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        typer.echo(f"error: {where}: {msg}" if where else f"error: {msg}", err=True)
+        raise typer.Exit(2) from None
     except (_Fail, PolicyError, ConfigError, RatingError, LookupError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -203,6 +211,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What-if: rate events under a policy and preview every customer's invoices."""
         with _clean_errors():
+            from jevons.policy.batch import rate_customer_fast
             from jevons.policy.periods import period_bounds, period_of
 
             if period is not None:
@@ -216,8 +225,8 @@ def register(app: typer.Typer) -> None:
             for customer in sorted(by_customer, key=lambda c: c or ""):
                 cust_events = by_customer[customer]
                 last = period or max(period_of(e.timestamp) for e in cust_events)
-                _, rater = engine.rate_customer(
-                    customer, [e for e in cust_events if period_of(e.timestamp) <= last], through=last)
+                upto = [e for e in cust_events if period_of(e.timestamp) <= last]
+                rater = rate_customer_fast(engine, customer, upto, through=last)
                 invoices.extend(i for i in rater.invoices if period is None or i.period == period)
             if as_json:
                 typer.echo(json.dumps({"invoices": [i.to_dict() for i in invoices]}, indent=2))
@@ -366,19 +375,32 @@ def register(app: typer.Typer) -> None:
         policy: PolicyOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """A customer's credit balance (paid, promotional) as of a time, from running state."""
+        """A customer's credit balance (paid, promotional): now from the running balances, or
+        as of ``--at`` by re-rating the ledger's events up to then."""
         with _clean_errors():
             from jevons.policy.engine import PolicyEngine
+            from jevons.policy.periods import period_of
+            from jevons.policy.rules import rating_context
             from jevons.policy.runtime import PolicyRuntime
             from jevons.policy.store import open_policy_store
 
-            when = _parse_when(at, "--at") or datetime.now(UTC)
-            store = open_policy_store()
-            try:
-                rt = PolicyRuntime(PolicyEngine(_policies(policy)), store)
-                bal = rt.balances(customer, when)["credits"]
-            finally:
-                store.close()
+            when = _parse_when(at, "--at")
+            if when is None:
+                store = open_policy_store()
+                try:
+                    rt = PolicyRuntime(PolicyEngine(_policies(policy)), store)
+                    when = datetime.now(UTC)
+                    bal = rt.balances(customer, when)["credits"]
+                finally:
+                    store.close()
+            else:
+                engine = _engine(policy, with_store_grants=True)
+                evs = [e for e in _ledger_events(engine, customer, period_of(when)) if e.timestamp < when]
+                _, rater = engine.rate_customer(customer, evs)
+                rater.start(when)
+                with rating_context():
+                    rater.advance_to(period_of(when))
+                bal = rater.credit_balance(when)
             if as_json:
                 typer.echo(json.dumps({k: str(v) for k, v in bal.items()}))
             else:

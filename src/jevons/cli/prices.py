@@ -195,6 +195,8 @@ def update_command(
             typer.echo(f"{src.name}: FAILED ({src.error}); keeping the last good prices{age}", err=True)
         else:
             typer.echo(f"{src.name}: {src.status}, {src.versions} prices")
+            if src.skipped:
+                typer.echo(f"  {len(src.skipped)} entries not priced, e.g. {src.skipped[0]}")
     counts = report.counts()
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "no price changed"
     typer.echo(f"changes: {summary}")
@@ -301,7 +303,7 @@ def list_command(
         _fail(f"no models of provider {provider!r} in the price book")
     table = Table(title=f"{len(keys)} models")
     for name in ("provider", "model", "input / 1M", "output / 1M", "variants", "source"):
-        table.add_column(name, justify="right" if "/" in name else "left", overflow="fold")
+        table.add_column(name, justify="right" if "/" in name else "left", no_wrap=name == "model")
     for prov, model in keys:
         current = [v for v in book.versions(prov, model) if v.valid_to is None]
         if not current:

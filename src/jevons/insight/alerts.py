@@ -44,17 +44,30 @@ class MarginAlert:
     @property
     def message(self) -> str:
         pct = "n/a" if self.margin_pct is None else f"{self.margin_pct * 100:.1f}%"
-        what = "is past the margin cliff" if self.kind == "cliff" else f"is under its {self.floor * 100:.0f}% floor"
-        return (f"customer {self.customer} ({self.plan}) {what} in {self.period}: margin {pct}, "
-                f"revenue ${self.revenue:.2f}, cost ${self.cost:.2f}")
+        what = (
+            "is past the margin cliff"
+            if self.kind == "cliff"
+            else f"is under its {self.floor * 100:.0f}% floor"
+        )
+        return (
+            f"customer {self.customer} ({self.plan}) {what} in {self.period}: margin {pct}, "
+            f"revenue ${self.revenue:.2f}, cost ${self.cost:.2f}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "type": "jevons.margin_alert", "idempotency_key": self.idempotency_key,
-            "customer": self.customer, "period": self.period, "kind": self.kind, "plan": self.plan,
+            "type": "jevons.margin_alert",
+            "idempotency_key": self.idempotency_key,
+            "customer": self.customer,
+            "period": self.period,
+            "kind": self.kind,
+            "plan": self.plan,
             "margin_pct": None if self.margin_pct is None else str(self.margin_pct),
-            "floor": str(self.floor), "revenue": str(self.revenue), "cost": str(self.cost),
-            "previous_status": self.previous_status, "at": self.at.isoformat(),
+            "floor": str(self.floor),
+            "revenue": str(self.revenue),
+            "cost": str(self.cost),
+            "previous_status": self.previous_status,
+            "at": self.at.isoformat(),
             "message": self.message,
         }
 

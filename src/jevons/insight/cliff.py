@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from jevons.insight.engine import class_aggregates
+from jevons.insight.engine import class_aggregates, class_unit_vectors
 from jevons.insight.rating import PolicyRater
 from jevons.insight.scenario import Scenario
 from jevons.insight.taskmodel import UnitTable
@@ -31,10 +31,15 @@ _BISECT = 60
 
 
 def margin_at(
-    table: UnitTable, rater: PolicyRater, model_class: Sequence[str], plan: str, tasks: FloatArray
+    table: UnitTable,
+    rater: PolicyRater,
+    model_class: Sequence[str],
+    plan: str,
+    tasks: FloatArray,
+    units: dict[str, dict[str, FloatArray]] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Revenue and cost of customer-months with ``tasks`` (shape ``(k, months)``) on ``plan``."""
-    rated = rater.rate(plan, class_aggregates(table, model_class, tasks))
+    rated = rater.rate(plan, class_aggregates(table, model_class, tasks, units))
     cost: FloatArray = tasks * table.cost_per_task[None, :]
     return rated.revenue, cost
 
@@ -47,8 +52,14 @@ def _gap(revenue: FloatArray, cost: FloatArray, floor: float) -> FloatArray:
 
 
 def _crossing(
-    table: UnitTable, rater: PolicyRater, model_class: Sequence[str], plan: str, floor: float,
-    revenue: FloatArray, cost: FloatArray,
+    table: UnitTable,
+    rater: PolicyRater,
+    model_class: Sequence[str],
+    plan: str,
+    floor: float,
+    revenue: FloatArray,
+    cost: FloatArray,
+    units: dict[str, dict[str, FloatArray]],
 ) -> list[float | None]:
     """Per month, the first usage where the gap turns negative."""
     gap = _gap(revenue, cost, floor)  # (grid, months)
@@ -71,7 +82,7 @@ def _crossing(
         for _ in range(_BISECT):
             mid = np.sqrt(lo * hi)
             mid = np.where(active, mid, 1.0)
-            r, c = margin_at(table, rater, model_class, plan, mid[None, :])
+            r, c = margin_at(table, rater, model_class, plan, mid[None, :], units)
             below = _gap(r, c, floor)[0] < 0
             hi = np.where(active & below, mid, hi)
             lo = np.where(active & ~below, mid, lo)
@@ -91,13 +102,14 @@ def cliff_points(
     """Per plan: the zero-margin and floor cliffs per month, and the margin curve for charts."""
     months = scenario.months
     grid = np.repeat(GRID[:, None], months, axis=1)
+    units = class_unit_vectors(table, model_class)
     out: list[dict[str, Any]] = []
     for plan in scenario.customers.plans:
         floor = rater.margin_floor(plan.name)
         floor = default_floor if floor is None else floor
-        revenue, cost = margin_at(table, rater, model_class, plan.name, grid)
-        zero = _crossing(table, rater, model_class, plan.name, 0.0, revenue, cost)
-        below = _crossing(table, rater, model_class, plan.name, floor, revenue, cost)
+        revenue, cost = margin_at(table, rater, model_class, plan.name, grid, units)
+        zero = _crossing(table, rater, model_class, plan.name, 0.0, revenue, cost, units)
+        below = _crossing(table, rater, model_class, plan.name, floor, revenue, cost, units)
         step = 10
         with np.errstate(divide="ignore", invalid="ignore"):
             pct = np.where(revenue > 0, (revenue - cost) / revenue, np.nan)

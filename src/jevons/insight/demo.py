@@ -54,6 +54,7 @@ class DemoCustomer:
     agent_share: float
     max_steps: int
     retry_rate: float
+    context_scale: float = 1.0  # how big this customer's documents are (agent contexts)
     power_user: bool = False
 
 
@@ -84,23 +85,38 @@ def make_customers(count: int, rng: random.Random) -> list[DemoCustomer]:
     plans = [name for (name, _), n in zip(PLANS, counts, strict=True) for _ in range(n)]
     rng.shuffle(plans)
     for i, plan in enumerate(plans):
-        median = {"starter": 6, "pro": 14, "team": 30}[plan]
+        median = {"starter": 8, "pro": 16, "team": 30}[plan]
         tasks = max(1, min(120, round(median * math.exp(rng.gauss(0, 0.9)))))
-        out.append(DemoCustomer(
-            name=f"cust-{i + 1:02d}", plan=plan, tasks=tasks,
-            premium_share=rng.uniform(0.05, 0.25), agent_share=rng.uniform(0.3, 0.7),
-            max_steps=rng.randint(4, 8), retry_rate=rng.uniform(0.02, 0.08),
-        ))
+        out.append(
+            DemoCustomer(
+                name=f"cust-{i + 1:02d}",
+                plan=plan,
+                tasks=tasks,
+                premium_share=rng.uniform(0.05, 0.4),
+                agent_share=rng.uniform(0.3, 0.7),
+                max_steps=rng.randint(4, 8),
+                retry_rate=rng.uniform(0.02, 0.08),
+                context_scale=min(4.0, math.exp(rng.gauss(0, 0.6))),
+            )
+        )
     # two power users: a starter customer running long premium agents, and a pro one
-    for c, tasks in zip((next(c for c in out if c.plan == "starter"), next(c for c in out if c.plan == "pro")),
-                        (70, 110), strict=True):
+    for c, tasks in zip(
+        (next(c for c in out if c.plan == "starter"), next(c for c in out if c.plan == "pro")),
+        (70, 110),
+        strict=True,
+    ):
         c.tasks, c.premium_share, c.agent_share, c.max_steps, c.retry_rate = tasks, 0.7, 0.9, 14, 0.12
+        c.context_scale = 1.5
         c.power_user = True
     return out
 
 
 def generate_traffic(
-    meter: Any, customers: list[DemoCustomer], rng: random.Random, *, standin: Any,
+    meter: Any,
+    customers: list[DemoCustomer],
+    rng: random.Random,
+    *,
+    standin: Any,
     tick: Callable[[int], None] | None = None,
 ) -> int:
     """Run every customer's month through wrapped SDK clients; returns the calls made."""
@@ -109,34 +125,55 @@ def generate_traffic(
 
     from jevons.insight.standin import usage_header
 
-    oa_raw = OpenAI(api_key="sk-demo", base_url="http://standin.invalid/v1",
-                    http_client=standin.http_client("openai"), max_retries=0)
-    an_raw = Anthropic(api_key="sk-ant-demo", base_url="http://standin.invalid",
-                       http_client=standin.http_client("anthropic"), max_retries=0)
+    oa_raw = OpenAI(
+        api_key="sk-demo",
+        base_url="http://standin.invalid/v1",
+        http_client=standin.http_client("openai"),
+        max_retries=0,
+    )
+    an_raw = Anthropic(
+        api_key="sk-ant-demo",
+        base_url="http://standin.invalid",
+        http_client=standin.http_client("anthropic"),
+        max_retries=0,
+    )
     calls = 0
     for c in customers:
         openai_client = meter.wrap(oa_raw, customer=c.name)
         anthropic_client = meter.wrap(an_raw, customer=c.name)
 
-        def call(premium: bool, feature: str, inp: int, cached: int, out: int, retry: bool,
-                 client_oa: Any = openai_client, client_an: Any = anthropic_client) -> None:
+        def call(
+            premium: bool,
+            feature: str,
+            inp: int,
+            cached: int,
+            out: int,
+            retry: bool,
+            client_oa: Any = openai_client,
+            client_an: Any = anthropic_client,
+        ) -> None:
             nonlocal calls
             tags = {"retry": "discarded"} if retry else None
             if premium:
                 thinking = out * rng.randint(8, 20)
                 write = min(inp - cached, 1500)
                 client_an.messages.create(
-                    model=PREMIUM_MODEL, max_tokens=thinking + out + 1024,
+                    model=PREMIUM_MODEL,
+                    max_tokens=thinking + out + 1024,
                     messages=[{"role": "user", "content": f"{feature} step"}],
-                    extra_headers=usage_header(input=inp, output=out + thinking, reasoning=thinking,
-                                               cached=cached, cache_write=write),
-                    jevons_feature=feature, jevons_tags=tags,
+                    extra_headers=usage_header(
+                        input=inp, output=out + thinking, reasoning=thinking, cached=cached, cache_write=write
+                    ),
+                    jevons_feature=feature,
+                    jevons_tags=tags,
                 )
             else:
                 client_oa.chat.completions.create(
-                    model=BASE_MODEL, messages=[{"role": "user", "content": f"{feature} step"}],
+                    model=BASE_MODEL,
+                    messages=[{"role": "user", "content": f"{feature} step"}],
                     extra_headers=usage_header(input=inp, output=out, cached=cached),
-                    jevons_feature=feature, jevons_tags=tags,
+                    jevons_feature=feature,
+                    jevons_tags=tags,
                 )
             calls += 1
 
@@ -144,12 +181,13 @@ def generate_traffic(
             premium = rng.random() < c.premium_share
             if rng.random() < c.agent_share:
                 steps = rng.randint(2, c.max_steps)
-                base, growth = rng.randint(2500, 4500), rng.randint(1500, 3500)
+                base = round(rng.randint(6000, 12000) * c.context_scale)
+                growth = round(rng.randint(4000, 9000) * c.context_scale)
                 with meter.run(customer=c.name, feature="agent"):
                     for i in range(steps):
                         inp = base + growth * i
                         cached = int(inp * 0.6) if i else 0
-                        out = rng.randint(150, 450)
+                        out = rng.randint(300, 900)
                         while rng.random() < c.retry_rate:  # the output is thrown away: retried
                             call(premium, "agent", inp, cached, out, True)
                         call(premium, "agent", inp, cached, out, False)
@@ -184,13 +222,25 @@ def _summary_table(reports: dict[str, Any], console: Console) -> None:
         pct = None if rep.revenue == 0 else rep.margin / rep.revenue
         cliff = sum(1 for c in rep.customers if c.past_cliff)
         floor = sum(1 for c in rep.customers if c.status == "under floor")
-        t.add_row(name, _usd(rep.revenue), _usd(rep.cost), _usd(rep.margin), _pct(pct), str(cliff), str(floor),
-                  style="red" if rep.margin < 0 else None)
+        t.add_row(
+            name,
+            _usd(rep.revenue),
+            _usd(rep.cost),
+            _usd(rep.margin),
+            _pct(pct),
+            str(cliff),
+            str(floor),
+            style="red" if rep.margin < 0 else None,
+        )
     console.print(t)
 
 
 def run_demo(
-    *, out_dir: Path, customers: int = 36, seed: int = 42, console: Console | None = None,
+    *,
+    out_dir: Path,
+    customers: int = 36,
+    seed: int = 42,
+    console: Console | None = None,
     stress_customers: int = 20_000,
 ) -> DemoResult:
     _check_sdks()
@@ -212,13 +262,22 @@ def run_demo(
     book = default_book()
     files: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="jevons-demo-") as tmp:
-        settings = Settings(home=tmp, ledger=LedgerConfig(backend="sqlite", path=str(Path(tmp) / "ledger.db"),
-                                                           durability="fast", journal_dir=str(Path(tmp) / "journal")))
+        settings = Settings(
+            home=tmp,
+            ledger=LedgerConfig(
+                backend="sqlite",
+                path=str(Path(tmp) / "ledger.db"),
+                durability="fast",
+                journal_dir=str(Path(tmp) / "journal"),
+            ),
+        )
         store = open_store(settings)
         meter = Meter(ledger=store, book=book)
         standin = StandIn()
-        con.print(f"[bold]jevons demo[/]: {len(people)} customers, one month of traffic through the real "
-                  "Meter (OpenAI + Anthropic SDKs against an in-process stand-in server)…")
+        con.print(
+            f"[bold]jevons demo[/]: {len(people)} customers, one month of traffic through the real "
+            "Meter (OpenAI + Anthropic SDKs against an in-process stand-in server)…"
+        )
         try:
             with con.status("generating traffic…"):
                 calls = generate_traffic(meter, people, rng, standin=standin)
@@ -229,8 +288,10 @@ def run_demo(
         finally:
             meter.close()
         stats = meter.stats()
-        con.print(f"{calls:,} calls → {len(events):,} events in a temporary SQLite ledger "
-                  f"({stats['unpriced']} unpriced, {stats['errors']} instrumentation errors)")
+        con.print(
+            f"{calls:,} calls → {len(events):,} events in a temporary SQLite ledger "
+            f"({stats['unpriced']} unpriced, {stats['errors']} instrumentation errors)"
+        )
         reports = {}
         for name in DEMO_POLICIES:
             reports[name] = build_margin_report(events, demo_policy(name, people), by="customer")
@@ -245,7 +306,7 @@ def run_demo(
     run = run_stress(scenario, book=book, policies=[f"builtin:{n}" for n in DEMO_POLICIES])
     from jevons.cli.insight import _stress_tables
 
-    _stress_tables(run)
+    _stress_tables(run, con)
     files.append(write_stress_report(run, out_dir / "stress.html"))
     seconds = time.perf_counter() - started
     con.print("\nReports: " + ", ".join(str(f) for f in files))

@@ -22,7 +22,9 @@ money path -- invoices come from the exact Decimal engine.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -44,15 +46,20 @@ __all__ = [
     "class_aggregates",
     "month_growth",
     "sample_customers",
-    "tasks_for",
     "simulate",
+    "tasks_for",
 ]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 Progress = Callable[[int, int], None]
 
-CHUNK = 1 << 14
+CHUNK = 1 << 11
+"""Customers per chunk: small enough that a chunk's arrays stay in cache."""
+THREADS = min(2, os.cpu_count() or 1)
+"""Chunks rated in parallel (numpy releases the GIL inside each array operation)."""
+BAND_ROWS = 100_000
+"""Customers (at most, evenly strided) whose monthly margins give the p10/p50/p90 bands."""
 PERCENTILES: tuple[int, ...] = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 MARGIN_CLIP = -10.0  # a customer-month margin % below -1000% is shown as -1000%
 SCATTER_POINTS = 3000
@@ -98,11 +105,8 @@ def sample_customers(scenario: Scenario, *, deterministic: bool = False) -> Cust
     start = 0
     for plan, n in zip(spec.plans, counts, strict=True):
         median = plan.median_tasks or spec.median_tasks
-        q: FloatArray
-        if deterministic:
-            q = (np.arange(n, dtype=np.float64) + 0.5) / max(n, 1)
-        else:
-            q = rng.random(n)
+        grid = (np.arange(n, dtype=np.float64) + 0.5) / max(n, 1)
+        q: FloatArray = grid if deterministic else rng.random(n)
         if spec.distribution == "lognormal":
             z = _normal_quantiles(q) if deterministic else rng.standard_normal(n)
             parts.append(median * np.exp(tail * z))
@@ -142,23 +146,43 @@ def tasks_for(
     return noise
 
 
-def class_aggregates(
-    table: UnitTable, model_class: Sequence[str], tasks: FloatArray
-) -> dict[str, ClassAggregate]:
-    """Per class, cost and token totals of every customer-month: ``tasks x per-task``."""
-    out: dict[str, ClassAggregate] = {}
-    fields = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-    per_token = {f: table.tokens_per_task(f) for f in fields}
+_TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+def class_unit_vectors(table: UnitTable, model_class: Sequence[str]) -> dict[str, dict[str, FloatArray]]:
+    """Per class, the per-task cost and token vectors over months (shape ``(1, months)``), and
+    under ``steps:<field>`` the same per step of each of its models (``(steps, months)``)."""
+    per_token = {f: table.tokens_per_task(f) for f in _TOKEN_FIELDS}
     cost = table.model_cost
+    out: dict[str, dict[str, FloatArray]] = {}
     for cname in dict.fromkeys(model_class):
         rows = [i for i, c in enumerate(model_class) if c == cname]
-        unit_cost = cost[rows].sum(axis=0)
-        units = {f: per_token[f][rows].sum(axis=0) for f in fields}
-        out[cname] = ClassAggregate(
-            cost=tasks * unit_cost[None, :],
-            **{f: tasks * units[f][None, :] for f in fields},
-        )
+        units = {f: per_token[f][rows].sum(axis=0)[None, :] for f in _TOKEN_FIELDS}
+        units["cost"] = cost[rows].sum(axis=0)[None, :]
+        units["tokens"] = units["input_tokens"] + units["output_tokens"]
+        if table.step_cost:
+            steps = [table.steps_per_task(i) for i in rows]
+            for f in ("cost", *_TOKEN_FIELDS):
+                units[f"steps:{f}"] = np.concatenate([st[f] for st in steps], axis=0)
+        out[cname] = units
     return out
+
+
+def class_aggregates(
+    table: UnitTable,
+    model_class: Sequence[str],
+    tasks: FloatArray,
+    units: dict[str, dict[str, FloatArray]] | None = None,
+) -> dict[str, ClassAggregate]:
+    """Per class, cost and token totals of every customer-month: ``tasks x per-task``."""
+    units = units if units is not None else class_unit_vectors(table, model_class)
+    return {cname: ClassAggregate(tasks, u) for cname, u in units.items()}
 
 
 @dataclass
@@ -209,15 +233,31 @@ class PolicyResult:
             "past_cliff_share": self.past_cliff_share,
             "under_floor_share": self.under_floor_share,
             "by_month": [
-                {"month": t, "revenue_usd": r, "cost_usd": c, "margin_pct": m,
-                 "past_cliff_share": pc, "under_floor_share": uf}
-                for t, (r, c, m, pc, uf) in enumerate(zip(
-                    self.revenue_by_month, self.cost_by_month, self.margin_pct_by_month,
-                    self.past_cliff_share_by_month, self.under_floor_share_by_month, strict=True,
-                ))
+                {
+                    "month": t,
+                    "revenue_usd": r,
+                    "cost_usd": c,
+                    "margin_pct": m,
+                    "past_cliff_share": pc,
+                    "under_floor_share": uf,
+                }
+                for t, (r, c, m, pc, uf) in enumerate(
+                    zip(
+                        self.revenue_by_month,
+                        self.cost_by_month,
+                        self.margin_pct_by_month,
+                        self.past_cliff_share_by_month,
+                        self.under_floor_share_by_month,
+                        strict=True,
+                    )
+                )
             ],
-            "customer_margin_pct_percentiles": {f"p{k}": v for k, v in self.customer_margin_pct_percentiles.items()},
-            "customer_margin_usd_percentiles": {f"p{k}": v for k, v in self.customer_margin_usd_percentiles.items()},
+            "customer_margin_pct_percentiles": {
+                f"p{k}": v for k, v in self.customer_margin_pct_percentiles.items()
+            },
+            "customer_margin_usd_percentiles": {
+                f"p{k}": v for k, v in self.customer_margin_usd_percentiles.items()
+            },
             "by_plan": self.by_plan,
             "cliffs": self.cliffs,
             "tornado": self.tornado,
@@ -244,9 +284,7 @@ class StressRun:
             "customers": self.customers,
             "months": self.scenario.months,
             "seed": self.scenario.seed,
-            "models": [
-                {"name": m.spec.name, "price_version": m.version.version_id} for m in self.models
-            ],
+            "models": [{"name": m.spec.name, "price_version": m.version.version_id} for m in self.models],
             "cost_per_task_usd_by_month": [float(x) for x in self.table.cost_per_task],
             "tasks_by_month": self.tasks_by_month,
             "tasks_per_customer_month_percentiles": {f"p{k}": v for k, v in self.tasks_percentiles.items()},
@@ -257,17 +295,27 @@ class StressRun:
         }
 
 
-class _Acc:
-    """Running sums of one policy over chunks."""
+@dataclass(frozen=True, slots=True)
+class _ChunkSums:
+    revenue_m: FloatArray
+    cost_m: FloatArray
+    absorbed: float
+    past_m: npt.NDArray[np.int64]
+    under_m: npt.NDArray[np.int64]
 
-    def __init__(self, n: int, months: int, plans: int) -> None:
+
+class _Acc:
+    """Running sums of one policy over chunks; per-customer arrays (and a strided subsample of
+    customer-month margins, for the monthly percentile bands)."""
+
+    def __init__(self, n: int, months: int, plans: int, band_stride: int) -> None:
         self.revenue_m = np.zeros(months)
         self.cost_m = np.zeros(months)
         self.absorbed = 0.0
         self.cust_revenue = np.zeros(n)
         self.cust_cost = np.zeros(n)
         self.cust_floor = np.zeros(n)
-        self.month_margin = np.empty((n, months), dtype=np.float32)
+        self.month_margin = np.empty((-(-n // band_stride), months), dtype=np.float32)
         self.past_m = np.zeros(months)
         self.under_m = np.zeros(months)
         self.plan_rev = np.zeros(plans)
@@ -304,44 +352,81 @@ def simulate(
         sample = sample_customers(scenario, deterministic=deterministic)
     n, months = sample.count, scenario.months
     classes = [r.classify_models(models) for r in raters]
-    accs = [_Acc(n, months, len(sample.plan_names)) for _ in raters]
+    unit_vectors = [class_unit_vectors(table, c) for c in classes]
+    band_stride = max(1, n // BAND_ROWS)
+    accs = [_Acc(n, months, len(sample.plan_names), band_stride) for _ in raters]
     tasks_m = np.zeros(months)
-    cost_per_task = table.cost_per_task
+    cost_per_task = table.cost_per_task[None, :]
     floor_default = scenario.policy.margin_floor
+    floors = [
+        [floor_default if (f := r.margin_floor(name)) is None else f for name in sample.plan_names]
+        for r in raters
+    ]
     units: list[tuple[int, int, int]] = []  # (plan, lo, hi) in chunks
     for p, (lo, hi) in enumerate(sample.plan_slices):
         for a in range(lo, hi, CHUNK):
             units.append((p, a, min(a + CHUNK, hi)))
-    task_q_parts: list[FloatArray] = []
     cust_tasks = np.zeros(n)
-    for done, (p, lo, hi) in enumerate(units, start=1):
+    quantile_stride = max(1, n // 20_000)
+
+    def work(unit: tuple[int, int, int]) -> tuple[FloatArray, FloatArray, list[_ChunkSums]]:
+        """One chunk: sample its tasks, rate it under every policy. Writes only rows [lo, hi)
+        of the per-customer arrays; returns the chunk's sums."""
+        p, lo, hi = unit
         plan = sample.plan_names[p]
         tasks = tasks_for(scenario, sample, lo, hi, deterministic=deterministic)
-        tasks_m += tasks.sum(axis=0)
         cust_tasks[lo:hi] = tasks.mean(axis=1)
-        stride = max(1, n // 20_000)
-        task_q_parts.append(tasks[(-lo) % stride:: stride].ravel())
-        cost = tasks * cost_per_task[None, :]
+        q_rows = tasks[(-lo) % quantile_stride :: quantile_stride].ravel()
+        cost = tasks * cost_per_task
+        cost_m = cost.sum(axis=0)
+        cust_cost = cost.sum(axis=1)
+        first_band = -(-lo // band_stride) * band_stride
+        sums: list[_ChunkSums] = []
         for k, rater in enumerate(raters):
             acc = accs[k]
-            rated = rater.rate(plan, class_aggregates(table, classes[k], tasks))
+            rated = rater.rate(plan, class_aggregates(table, classes[k], tasks, unit_vectors[k]))
             rev = rated.revenue
-            floor = rater.margin_floor(plan)
-            floor = floor_default if floor is None else floor
-            acc.revenue_m += rev.sum(axis=0)
-            acc.cost_m += cost.sum(axis=0)
-            acc.absorbed += float(rated.absorbed_cost.sum())
+            floor = floors[k][p]
             acc.cust_revenue[lo:hi] = rev.sum(axis=1)
-            acc.cust_cost[lo:hi] = cost.sum(axis=1)
+            acc.cust_cost[lo:hi] = cust_cost
             acc.cust_floor[lo:hi] = floor
-            mpct = _margin_pct(rev, cost)
-            acc.month_margin[lo:hi] = mpct
-            acc.past_m += (rev - cost < 0).sum(axis=0)
-            acc.under_m += (mpct < floor).sum(axis=0)
-            acc.plan_rev[p] += float(rev.sum())
-            acc.plan_cost[p] += float(cost.sum())
-        if progress is not None:
-            progress(done, len(units))
+            if first_band < hi:
+                rows = slice(first_band - lo, None, band_stride)
+                acc.month_margin[first_band // band_stride : -(-hi // band_stride)] = _margin_pct(
+                    rev[rows], cost[rows]
+                )
+            # margin % below the floor, without dividing: rev*(1-floor) < cost (or nothing billed)
+            under = rev * (1.0 - floor) < cost
+            if floor > 0:
+                under |= rev <= 0
+            sums.append(
+                _ChunkSums(
+                    revenue_m=rev.sum(axis=0),
+                    cost_m=cost_m,
+                    absorbed=float(rated.absorbed_cost.sum()),
+                    past_m=(rev < cost).sum(axis=0),
+                    under_m=under.sum(axis=0),
+                )
+            )
+        return tasks.sum(axis=0), q_rows, sums
+
+    task_q_parts: list[FloatArray] = []
+    workers = max(1, min(THREADS, len(units)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = pool.map(work, units) if workers > 1 else map(work, units)
+        for done, (unit, (t_m, q_rows, sums)) in enumerate(zip(units, outcomes, strict=True), start=1):
+            tasks_m += t_m
+            task_q_parts.append(q_rows)
+            for acc, part in zip(accs, sums, strict=True):
+                acc.revenue_m += part.revenue_m
+                acc.cost_m += part.cost_m
+                acc.absorbed += part.absorbed
+                acc.past_m += part.past_m
+                acc.under_m += part.under_m
+                acc.plan_rev[unit[0]] += float(part.revenue_m.sum())
+                acc.plan_cost[unit[0]] += float(part.cost_m.sum())
+            if progress is not None:
+                progress(done, len(units))
 
     attribution = attribute(table, tasks_m)
     all_tasks = np.concatenate(task_q_parts) if task_q_parts else np.zeros(1)
@@ -366,7 +451,9 @@ def simulate(
                 "cost_usd": float(cost_p),
                 "margin_pct": float((rev_p - cost_p) / rev_p) if rev_p > 0 else float("nan"),
                 "past_cliff_share": float((cust_margin[lo:hi] < 0).mean()) if hi > lo else 0.0,
-                "under_floor_share": float((cust_pct[lo:hi] < acc.cust_floor[lo:hi]).mean()) if hi > lo else 0.0,
+                "under_floor_share": float((cust_pct[lo:hi] < acc.cust_floor[lo:hi]).mean())
+                if hi > lo
+                else 0.0,
             }
         with np.errstate(divide="ignore", invalid="ignore"):
             month_pct = np.where(acc.revenue_m > 0, (acc.revenue_m - acc.cost_m) / acc.revenue_m, np.nan)

@@ -75,7 +75,9 @@ class HtmlReport:
         klass = f' class="{cls}"' if cls else ""
         self.parts.append(f"<p{klass}>{html.escape(text)}</p>")
 
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], *, bad_cols: Sequence[int] = ()) -> None:
+    def table(
+        self, header: Sequence[str], rows: Sequence[Sequence[Any]], *, bad_cols: Sequence[int] = ()
+    ) -> None:
         """A table; a cell whose text starts with '-' in a ``bad_cols`` column is shown in red."""
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
         body = []
@@ -93,8 +95,9 @@ class HtmlReport:
         self.charts += 1
         div_id = f"chart-{self.charts}"
         spec = fig.to_plotly_json()
-        payload = json.dumps({"data": spec.get("data", []), "layout": spec.get("layout", {})},
-                             default=_json_default).replace("</", "<\\/")
+        payload = json.dumps(
+            {"data": spec.get("data", []), "layout": spec.get("layout", {})}, default=_json_default
+        ).replace("</", "<\\/")
         self.parts.append(
             f'<div class="chart" id="{div_id}"></div>'
             f"<script>(function(){{var s={payload};"

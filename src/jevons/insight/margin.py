@@ -40,6 +40,7 @@ from jevons.ledger.base import EventQuery, EventStore
 from jevons.policy.engine import Invoice, PolicyEngine, RatedEvent
 from jevons.policy.model import Policy
 from jevons.policy.periods import period_bounds, period_of
+from jevons.policy.rules import rating_context
 
 if TYPE_CHECKING:
     from jevons.insight.alerts import AlertSink, MarginAlert
@@ -151,9 +152,13 @@ class GroupRow:
     def to_dict(self) -> dict[str, Any]:
         pct = self.margin_pct
         return {
-            "key": self.key, "revenue": str(self.revenue), "cost": str(self.cost),
-            "margin": str(self.margin), "margin_pct": None if pct is None else str(pct),
-            "events": self.events, "customers": self.customers,
+            "key": self.key,
+            "revenue": str(self.revenue),
+            "cost": str(self.cost),
+            "margin": str(self.margin),
+            "margin_pct": None if pct is None else str(pct),
+            "events": self.events,
+            "customers": self.customers,
         }
 
 
@@ -207,18 +212,26 @@ class CustomerMargin:
         change: dict[str, Any] | None = None
         if prev is not None:
             change = {
-                "previous_revenue": str(prev.revenue), "previous_cost": str(prev.cost),
+                "previous_revenue": str(prev.revenue),
+                "previous_cost": str(prev.cost),
                 "previous_margin_pct": None if prev.margin_pct is None else str(prev.margin_pct),
                 "cost_change": str(self.cost - prev.cost),
-                "margin_pct_change": None if pct is None or prev.margin_pct is None
+                "margin_pct_change": None
+                if pct is None or prev.margin_pct is None
                 else str(pct - prev.margin_pct),
                 "previous_status": self.previous_status(),
             }
         return {
-            "customer": self.customer, "plan": self.plan, "revenue": str(self.revenue),
-            "cost": str(self.cost), "margin": str(self.margin),
-            "margin_pct": None if pct is None else str(pct), "floor": str(self.floor),
-            "status": self.status, "events": self.events, "drivers": self.drivers.to_dict(),
+            "customer": self.customer,
+            "plan": self.plan,
+            "revenue": str(self.revenue),
+            "cost": str(self.cost),
+            "margin": str(self.margin),
+            "margin_pct": None if pct is None else str(pct),
+            "floor": str(self.floor),
+            "status": self.status,
+            "events": self.events,
+            "drivers": self.drivers.to_dict(),
             "change": change,
         }
 
@@ -254,8 +267,12 @@ class MarginReport:
     def to_dict(self) -> dict[str, Any]:
         pct = _pct(self.margin, self.revenue)
         return {
-            "period": self.period, "by": self.by, "policy": self.policy,
-            "revenue": str(self.revenue), "cost": str(self.cost), "margin": str(self.margin),
+            "period": self.period,
+            "by": self.by,
+            "policy": self.policy,
+            "revenue": str(self.revenue),
+            "cost": str(self.cost),
+            "margin": str(self.margin),
             "margin_pct": None if pct is None else str(pct),
             "unpriced_events": self.unpriced_events,
             "rows": [r.to_dict() for r in self.rows],
@@ -318,42 +335,51 @@ def build_margin_report(
     groups: dict[str, dict[str, Any]] = {}
     customers: list[CustomerMargin] = []
     unpriced = 0
-    for customer, evs in sorted(by_customer.items()):
-        current = [e for e in evs if period_of(e.timestamp) == period]
-        if not current:
-            continue
-        rated_list, rater = engine.rate_customer(customer, evs, through=period)
-        invoices = {inv.period: inv for inv in rater.invoices}
-        inv = invoices.get(period)
-        if inv is None:
-            continue
-        unpriced += inv.unpriced_events
-        rated = {r.event_id: r for r in rated_list if r.period == period}
-        usage_billed = sum((r.billed for r in rated.values()), _ZERO)
-        extra = inv.revenue - usage_billed  # fees, true-ups, less promotional credits
-        plan = next((rated[e.id].plan for e in reversed(current) if e.id in rated), "?")
-        customers.append(CustomerMargin(
-            customer=customer, plan=plan, revenue=inv.revenue, cost=inv.cost,
-            floor=_plan_floor(policy, customer, plan, default_floor),
-            drivers=driver_breakdown(current, rated, policy.default_class),
-            previous=invoices.get(prev), events=len(current),
-        ))
-        total_cost = inv.cost
-        n = len(current)
-        for e in current:
-            r = rated.get(e.id)
-            cost = r.cost if r is not None else _ZERO
-            share = cost / total_cost if total_cost else Decimal(1) / n
-            key = _group_key(by, e, r)
-            g = groups.setdefault(key, {"revenue": _ZERO, "cost": _ZERO, "events": 0, "customers": set()})
-            g["revenue"] += (r.billed if r is not None else _ZERO) + extra * share
-            g["cost"] += cost
-            g["events"] += 1
-            g["customers"].add(customer)
-    rows = [
-        GroupRow(k, g["revenue"], g["cost"], g["events"], len(g["customers"]))
-        for k, g in groups.items()
-    ]
+    with rating_context():  # the engine's 80-digit context: allocations add up exactly
+        for customer, evs in sorted(by_customer.items()):
+            current = [e for e in evs if period_of(e.timestamp) == period]
+            if not current:
+                continue
+            rated_list, rater = engine.rate_customer(customer, evs, through=period)
+            invoices = {inv.period: inv for inv in rater.invoices}
+            inv = invoices.get(period)
+            if inv is None:
+                continue
+            unpriced += inv.unpriced_events
+            rated = {r.event_id: r for r in rated_list if r.period == period}
+            usage_billed = sum((r.billed for r in rated.values()), _ZERO)
+            extra = inv.revenue - usage_billed  # fees, true-ups, less promotional credits
+            plan = next((rated[e.id].plan for e in reversed(current) if e.id in rated), "?")
+            customers.append(
+                CustomerMargin(
+                    customer=customer,
+                    plan=plan,
+                    revenue=inv.revenue,
+                    cost=inv.cost,
+                    floor=_plan_floor(policy, customer, plan, default_floor),
+                    drivers=driver_breakdown(current, rated, policy.default_class),
+                    previous=invoices.get(prev),
+                    events=len(current),
+                )
+            )
+            total_cost = inv.cost
+            n = len(current)
+            allocated = _ZERO
+            for i, e in enumerate(current):
+                r = rated.get(e.id)
+                cost = r.cost if r is not None else _ZERO
+                if i == n - 1:  # the remainder, so that a customer's groups add up to its invoice
+                    part = extra - allocated
+                else:
+                    part = extra * cost / total_cost if total_cost else extra / n
+                    allocated += part
+                key = _group_key(by, e, r)
+                g = groups.setdefault(key, {"revenue": _ZERO, "cost": _ZERO, "events": 0, "customers": set()})
+                g["revenue"] += (r.billed if r is not None else _ZERO) + part
+                g["cost"] += cost
+                g["events"] += 1
+                g["customers"].add(customer)
+    rows = [GroupRow(k, g["revenue"], g["cost"], g["events"], len(g["customers"])) for k, g in groups.items()]
     rows.sort(key=lambda r: (r.margin_pct is not None, r.margin_pct or _ZERO))
     report = MarginReport(period, by, policy.name, rows, customers, unpriced_events=unpriced)
     now = datetime.now(UTC)
@@ -361,11 +387,20 @@ def build_margin_report(
         before = c.previous_status()
         rank = {"ok": 0, "under floor": 1, "past cliff": 2}
         if before is None or rank[c.status] > rank[before]:
-            report.alerts.append(MarginAlert(
-                customer=c.customer, period=period, kind="cliff" if c.past_cliff else "floor",
-                plan=c.plan, margin_pct=c.margin_pct, floor=c.floor, revenue=c.revenue, cost=c.cost,
-                previous_status=before, at=now,
-            ))
+            report.alerts.append(
+                MarginAlert(
+                    customer=c.customer,
+                    period=period,
+                    kind="cliff" if c.past_cliff else "floor",
+                    plan=c.plan,
+                    margin_pct=c.margin_pct,
+                    floor=c.floor,
+                    revenue=c.revenue,
+                    cost=c.cost,
+                    previous_status=before,
+                    at=now,
+                )
+            )
     if sinks:
         deliver_alerts(report.alerts, sinks, state_path=sent_state)
     return report
@@ -390,7 +425,7 @@ def margin_report_from_settings(
 ) -> MarginReport:
     """``jevons margin``: the configured ledger and policy (``[billing] policy_file``)."""
     from jevons.config import load_settings
-    from jevons.insight.alerts import AlertSink, LogAlertSink, WebhookAlertSink
+    from jevons.insight.alerts import LogAlertSink, WebhookAlertSink
     from jevons.insight.rating import load_policy_file
     from jevons.ledger import open_store
 
@@ -408,6 +443,11 @@ def margin_report_from_settings(
     if webhook:
         sinks.append(WebhookAlertSink(webhook))
     return build_margin_report(
-        events, policy, period=period, by=by, default_floor=Decimal(str(default_floor)), sinks=sinks,
+        events,
+        policy,
+        period=period,
+        by=by,
+        default_floor=Decimal(str(default_floor)),
+        sinks=sinks,
         sent_state=settings.home_dir / "insight" / "alerts-sent.json",
     )

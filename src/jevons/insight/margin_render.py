@@ -26,7 +26,15 @@ def _pct(x: Decimal | None) -> str:
 
 def group_rows(report: MarginReport) -> list[list[str]]:
     return [
-        [r.key, _usd(r.revenue), _usd(r.cost), _usd(r.margin), _pct(r.margin_pct), str(r.events), str(r.customers)]
+        [
+            r.key,
+            _usd(r.revenue),
+            _usd(r.cost),
+            _usd(r.margin),
+            _pct(r.margin_pct),
+            str(r.events),
+            str(r.customers),
+        ]
         for r in report.rows
     ]
 
@@ -46,17 +54,40 @@ def flagged_rows(report: MarginReport) -> list[list[str]]:
     out = []
     for c in report.flagged:
         d = c.drivers
-        out.append([
-            c.customer, c.plan, c.status, _usd(c.revenue), _usd(c.cost), _pct(c.margin_pct), _pct(c.floor),
-            _pct(d.output_share), _pct(d.premium_share), _pct(d.loop_growth_share), _pct(d.retry_share),
-            _change(c),
-        ])
+        out.append(
+            [
+                c.customer,
+                c.plan,
+                c.status,
+                _usd(c.revenue),
+                _usd(c.cost),
+                _pct(c.margin_pct),
+                _pct(c.floor),
+                _pct(d.output_share),
+                _pct(d.premium_share),
+                _pct(d.loop_growth_share),
+                _pct(d.retry_share),
+                _change(c),
+            ]
+        )
     return out
 
 
 GROUP_HEADER = ("group", "revenue", "cost", "margin", "margin %", "events", "customers")
-FLAGGED_HEADER = ("customer", "plan", "status", "revenue", "cost", "margin %", "floor",
-                  "output", "premium", "loop growth", "retries", "vs last period")
+FLAGGED_HEADER = (
+    "customer",
+    "plan",
+    "status",
+    "revenue",
+    "cost",
+    "margin %",
+    "floor",
+    "output",
+    "premium",
+    "loop growth",
+    "retries",
+    "vs last period",
+)
 
 
 def print_margin_report(report: MarginReport, console: Console) -> None:
@@ -68,27 +99,42 @@ def print_margin_report(report: MarginReport, console: Console) -> None:
         t.add_row(*row, style=style)
     total_pct = None if report.revenue == 0 else report.margin / report.revenue
     t.add_section()
-    t.add_row("total", _usd(report.revenue), _usd(report.cost), _usd(report.margin), _pct(total_pct),
-              str(sum(r.events for r in report.rows)), str(len(report.customers)), style="bold")
+    t.add_row(
+        "total",
+        _usd(report.revenue),
+        _usd(report.cost),
+        _usd(report.margin),
+        _pct(total_pct),
+        str(sum(r.events for r in report.rows)),
+        str(len(report.customers)),
+        style="bold",
+    )
     console.print(t)
     flagged = flagged_rows(report)
     if not flagged:
         console.print("No customer past the cliff or under its floor.")
         return
-    t = Table(title=f"{len(flagged)} customer(s) past the cliff or under their floor "
-                    "(driver columns: share of the customer's cost)")
+    t = Table(
+        title=f"{len(flagged)} customer(s) past the cliff or under their floor "
+        "(driver columns: share of the customer's cost)"
+    )
     for h in FLAGGED_HEADER:
-        t.add_column(h, justify="left" if h in ("customer", "plan", "status") else "right")
+        left = h in ("customer", "plan", "status")
+        t.add_column(h, justify="left" if left else "right", no_wrap=left)
     for row in flagged:
         t.add_row(*row, style="red" if row[2] == "past cliff" else "yellow")
     console.print(t)
     if report.unpriced_events:
-        console.print(f"[yellow]{report.unpriced_events} unpriced event(s) rated at the policy's fallback cost[/]")
+        console.print(
+            f"[yellow]{report.unpriced_events} unpriced event(s) rated at the policy's fallback cost[/]"
+        )
 
 
 def render_margin_html(report: MarginReport) -> HtmlReport:
-    rep = HtmlReport(title=f"Margin report {report.period}",
-                     subtitle=f"by {report.by}, policy {report.policy}, from the ledger (exact Decimal rating)")
+    rep = HtmlReport(
+        title=f"Margin report {report.period}",
+        subtitle=f"by {report.by}, policy {report.policy}, from the ledger (exact Decimal rating)",
+    )
     rep.heading(f"Revenue, cost and margin by {report.by}")
     rep.table(GROUP_HEADER, group_rows(report), bad_cols=(3, 4))
     fig = go.Figure()
@@ -96,8 +142,12 @@ def render_margin_html(report: MarginReport) -> HtmlReport:
     fig.add_bar(name="revenue", x=keys, y=[float(r.revenue) for r in report.rows])
     fig.add_bar(name="cost", x=keys, y=[float(r.cost) for r in report.rows])
     fig.add_bar(name="margin", x=keys, y=[float(r.margin) for r in report.rows])
-    fig.update_layout(title={"text": f"Revenue, cost and margin by {report.by} (USD)"}, barmode="group",
-                      template="plotly_white", legend={"orientation": "h", "y": -0.25})
+    fig.update_layout(
+        title={"text": f"Revenue, cost and margin by {report.by} (USD)"},
+        barmode="group",
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.25},
+    )
     rep.figure(fig)
     rep.heading("Customers past the cliff or under their floor")
     flagged = report.flagged
@@ -105,12 +155,20 @@ def render_margin_html(report: MarginReport) -> HtmlReport:
         rep.table(FLAGGED_HEADER, flagged_rows(report), bad_cols=(5,))
         fig = go.Figure()
         names = [c.customer for c in flagged]
-        for label, attr in (("output share", "output_share"), ("premium routing", "premium_share"),
-                            ("loop growth", "loop_growth_share"), ("retries", "retry_share")):
+        for label, attr in (
+            ("output share", "output_share"),
+            ("premium routing", "premium_share"),
+            ("loop growth", "loop_growth_share"),
+            ("retries", "retry_share"),
+        ):
             fig.add_bar(name=label, x=names, y=[float(getattr(c.drivers, attr)) for c in flagged])
-        fig.update_layout(title={"text": "What drives their cost (share of each customer's cost)"},
-                          barmode="group", template="plotly_white", yaxis={"tickformat": ".0%"},
-                          legend={"orientation": "h", "y": -0.25})
+        fig.update_layout(
+            title={"text": "What drives their cost (share of each customer's cost)"},
+            barmode="group",
+            template="plotly_white",
+            yaxis={"tickformat": ".0%"},
+            legend={"orientation": "h", "y": -0.25},
+        )
         rep.figure(fig)
     else:
         rep.paragraph("No customer past the cliff or under its floor.")
@@ -118,11 +176,17 @@ def render_margin_html(report: MarginReport) -> HtmlReport:
     fig.add_scatter(
         x=[float(c.cost) for c in report.customers],
         y=[float(c.margin_pct) if c.margin_pct is not None else None for c in report.customers],
-        mode="markers", text=[c.customer for c in report.customers], name="customers",
+        mode="markers",
+        text=[c.customer for c in report.customers],
+        name="customers",
     )
     fig.add_hline(y=0, line_color="#c81e1e", annotation_text="cliff")
-    fig.update_layout(title={"text": "Customer margin % vs cost"}, template="plotly_white",
-                      xaxis={"type": "log", "title": {"text": "cost (USD)"}}, yaxis={"tickformat": ".0%"})
+    fig.update_layout(
+        title={"text": "Customer margin % vs cost"},
+        template="plotly_white",
+        xaxis={"type": "log", "title": {"text": "cost (USD)"}},
+        yaxis={"tickformat": ".0%"},
+    )
     rep.figure(fig)
     if report.alerts:
         rep.heading("Alerts raised")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy.typing as npt
 
 from jevons.insight.scenario import ResolvedModel, ScenarioError
 from jevons.policy import rules as R
-from jevons.policy.model import Plan, Policy
+from jevons.policy.model import Plan, PlanClass, Policy
 from jevons.prices.model import Dim
 
 __all__ = ["ClassAggregate", "PolicyRater", "RatedMonths", "load_policy_file"]
@@ -33,21 +34,54 @@ FloatArray = npt.NDArray[np.float64]
 _MTOK = Decimal(1_000_000)
 
 
-@dataclass(frozen=True, slots=True)
 class ClassAggregate:
-    """One cost class's totals per customer-month (arrays of one shape)."""
+    """One cost class's totals per customer-month: ``tasks x per-task`` for cost and each token
+    count, computed when first read (a price-mode class never reads its tokens)."""
 
-    cost: FloatArray
-    input_tokens: FloatArray
-    output_tokens: FloatArray
-    cache_read_tokens: FloatArray
-    cache_write_tokens: FloatArray
-    reasoning_tokens: FloatArray
+    def __init__(self, tasks: FloatArray, per_task: Mapping[str, FloatArray]) -> None:
+        self._tasks = tasks
+        self._per_task = per_task  # field -> per-task vector over months, broadcast on axis 1
 
     @property
+    def tasks(self) -> FloatArray:
+        return self._tasks
+
+    @property
+    def per_task(self) -> Mapping[str, FloatArray]:
+        """Per-task vectors; ``steps:<field>`` ones are per step of each model (identical calls)."""
+        return self._per_task
+
+    def _get(self, name: str) -> FloatArray:
+        out: FloatArray = self._tasks * self._per_task[name]
+        return out
+
+    @cached_property
+    def cost(self) -> FloatArray:
+        return self._get("cost")
+
+    @cached_property
+    def input_tokens(self) -> FloatArray:
+        return self._get("input_tokens")
+
+    @cached_property
+    def output_tokens(self) -> FloatArray:
+        return self._get("output_tokens")
+
+    @cached_property
+    def cache_read_tokens(self) -> FloatArray:
+        return self._get("cache_read_tokens")
+
+    @cached_property
+    def cache_write_tokens(self) -> FloatArray:
+        return self._get("cache_write_tokens")
+
+    @cached_property
+    def reasoning_tokens(self) -> FloatArray:
+        return self._get("reasoning_tokens")
+
+    @cached_property
     def tokens(self) -> FloatArray:
-        total: FloatArray = self.input_tokens + self.output_tokens
-        return total
+        return self._get("tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +114,37 @@ class PolicyRater:
     def __init__(self, policy: Policy, *, label: str | None = None) -> None:
         self.policy = policy
         self.label = label or policy.name
+        self._charge_cache: dict[tuple[str, str, int], tuple[Mapping[str, FloatArray], FloatArray]] = {}
+
+    def _floored_charge_per_task(
+        self, plan_name: str, cname: str, pc: PlanClass, per_task: Mapping[str, FloatArray]
+    ) -> FloatArray | None:
+        """Steps 1-2 per call: each step's list charge and event floor on one task's calls of
+        that step (identical calls: exact), summed over the steps -> charge per task per month.
+        ``None`` when the aggregate carries no per-step detail."""
+        if "steps:cost" not in per_task:
+            return None
+        key = (plan_name, cname, id(per_task))
+        hit = self._charge_cache.get(key)
+        if hit is not None and hit[0] is per_task:
+            return hit[1]
+        cost = per_task["steps:cost"]
+        if pc.mode == "token":
+            buckets = R.plan_token_buckets(
+                input_tokens=per_task["steps:input_tokens"],
+                output_tokens=per_task["steps:output_tokens"],
+                cache_read_tokens=per_task["steps:cache_read_tokens"],
+                cache_write_tokens=per_task["steps:cache_write_tokens"],
+                reasoning_tokens=per_task["steps:reasoning_tokens"],
+            )
+            lst = R.token_list_charge(buckets, {d: R.param(r, like=cost) for d, r in pc.usd_per_mtok.items()})
+        else:
+            markup = pc.markup if pc.markup is not None else Decimal(0)
+            lst = R.price_list_charge(cost, R.param(markup, like=cost))
+        floored = R.apply_floor(lst, cost, R.param(pc.floor_multiplier, like=cost))
+        charge: FloatArray = floored.charge.sum(axis=0)[None, :]
+        self._charge_cache[key] = (per_task, charge)
+        return charge
 
     # ------------------------------------------------------------------ classes
     def classify_models(self, models: Sequence[ResolvedModel]) -> list[str]:
@@ -122,7 +187,7 @@ class PolicyRater:
         plan = self.plan(plan_name)
         like = next(iter(aggregates.values())).cost
 
-        def P(value: Decimal | int | None) -> FloatArray:  # noqa: N802 - the docstring's name
+        def P(value: Decimal | int | None) -> FloatArray:
             return R.param(Decimal(0) if value is None else value, like=like)
 
         shared_allowance = P(plan.allowance.amount if plan.allowance else 0)
@@ -140,7 +205,12 @@ class PolicyRater:
             if agg is None:
                 continue
             pc = plan.classes[cname]
-            if pc.mode == "token":
+            per_task = self._floored_charge_per_task(plan_name, cname, pc, agg.per_task)
+            if per_task is not None:
+                # list charge of the aggregate = sum of its calls' floored charges (the floor
+                # is a per-call rule); rate_unit's own floor then never lifts it further
+                lst = agg.tasks * per_task
+            elif pc.mode == "token":
                 buckets = R.plan_token_buckets(
                     input_tokens=agg.input_tokens,
                     output_tokens=agg.output_tokens,
@@ -155,14 +225,24 @@ class PolicyRater:
             if pc.allowance is not None:  # a class's own allowance: fresh, not carried
                 own = R.UnitState(P(pc.allowance.amount), state.fixed_discount_left, state.cap_headroom)
                 u = R.rate_unit(
-                    list_charge=lst, cost=agg.cost, floor_multiplier=floor_mult,
-                    allowance_unit=pc.allowance.unit, tokens=agg.tokens, percent=P(0), state=own,
+                    list_charge=lst,
+                    cost=agg.cost,
+                    floor_multiplier=floor_mult,
+                    allowance_unit=pc.allowance.unit,
+                    tokens=agg.tokens if pc.allowance.unit == "tokens" else None,
+                    percent=P(0),
+                    state=own,
                 )
                 state = R.UnitState(state.allowance_left, u.state.fixed_discount_left, u.state.cap_headroom)
             else:
                 u = R.rate_unit(
-                    list_charge=lst, cost=agg.cost, floor_multiplier=floor_mult,
-                    allowance_unit=shared_unit, tokens=agg.tokens, percent=P(0), state=state,
+                    list_charge=lst,
+                    cost=agg.cost,
+                    floor_multiplier=floor_mult,
+                    allowance_unit=shared_unit,
+                    tokens=agg.tokens if shared_unit == "tokens" else None,
+                    percent=P(0),
+                    state=state,
                 )
                 state = u.state
             billed = billed + u.billed

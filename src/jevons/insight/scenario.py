@@ -35,20 +35,20 @@ if TYPE_CHECKING:
     from jevons.prices.model import PriceVersion
 
 __all__ = [
-    "Scenario",
+    "SHARE_TOLERANCE",
     "CustomersSpec",
-    "PlanSpec",
-    "TaskSpec",
-    "RetrySpec",
     "ModelSpec",
-    "UpgradeSpec",
-    "TimeSpec",
+    "PlanSpec",
     "PolicySpec",
-    "ScenarioError",
     "ResolvedModel",
+    "RetrySpec",
+    "Scenario",
+    "ScenarioError",
+    "TaskSpec",
+    "TimeSpec",
+    "UpgradeSpec",
     "load_scenario",
     "parse_scenario",
-    "SHARE_TOLERANCE",
 ]
 
 SHARE_TOLERANCE = 1e-6

@@ -34,8 +34,10 @@ def usage_header(
 ) -> dict[str, str]:
     """The header that tells the stand-in what a call used (canonical counts: ``input``
     includes cached and cache-write tokens, ``output`` includes reasoning)."""
-    return {USAGE_HEADER: f"input={input},output={output},reasoning={reasoning},cached={cached},"
-                          f"cache_write={cache_write}"}
+    return {
+        USAGE_HEADER: f"input={input},output={output},reasoning={reasoning},cached={cached},"
+        f"cache_write={cache_write}"
+    }
 
 
 def _text_of(body: dict[str, Any]) -> str:
@@ -116,20 +118,24 @@ class StandIn:
             "model": body.get("model", "unknown"),
             "system_fingerprint": "fp_standin",
             "service_tier": "default",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": "Done. (stand-in reply)", "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Done. (stand-in reply)", "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": {
                 "prompt_tokens": u["input"],
                 "completion_tokens": u["output"],
                 "total_tokens": u["input"] + u["output"],
                 "prompt_tokens_details": {"cached_tokens": u["cached"], "audio_tokens": 0},
                 "completion_tokens_details": {
-                    "reasoning_tokens": u["reasoning"], "audio_tokens": 0,
-                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+                    "reasoning_tokens": u["reasoning"],
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
                 },
             },
         }
@@ -138,7 +144,9 @@ class StandIn:
     def _anthropic(n: int, body: dict[str, Any], u: dict[str, int]) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
         if u["reasoning"]:
-            content.append({"type": "thinking", "thinking": "(stand-in reasoning)", "signature": "c3RhbmRpbg=="})
+            content.append(
+                {"type": "thinking", "thinking": "(stand-in reasoning)", "signature": "c3RhbmRpbg=="}
+            )
         content.append({"type": "text", "text": "Done. (stand-in reply)"})
         return {
             "id": f"msg_standin{n:08d}",

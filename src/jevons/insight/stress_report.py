@@ -23,25 +23,46 @@ DRIVER_LABELS = {
     "retries": "retries",
 }
 COMPARISON_HEADER = (
-    "policy", "revenue", "cost", "gross margin", "margin %", "absorbed cost",
-    "past cliff", "under floor", "p10 customer margin %", "p50 customer margin %",
+    "policy",
+    "revenue",
+    "cost",
+    "margin",
+    "margin %",
+    "absorbed",
+    "past cliff",
+    "< floor",
+    "p10 cust. %",
+    "p50 cust. %",
 )
 
 
 def comparison_rows(run: StressRun) -> list[list[str]]:
     rows = []
     for p in run.policies:
-        rows.append([
-            p.label, fmt_usd(p.revenue), fmt_usd(p.cost), fmt_usd(p.margin), fmt_pct(p.margin_pct),
-            fmt_usd(p.absorbed_cost), fmt_pct(p.past_cliff_share), fmt_pct(p.under_floor_share),
-            fmt_pct(p.customer_margin_pct_percentiles[10]), fmt_pct(p.customer_margin_pct_percentiles[50]),
-        ])
+        rows.append(
+            [
+                p.label,
+                fmt_usd(p.revenue),
+                fmt_usd(p.cost),
+                fmt_usd(p.margin),
+                fmt_pct(p.margin_pct),
+                fmt_usd(p.absorbed_cost),
+                fmt_pct(p.past_cliff_share),
+                fmt_pct(p.under_floor_share),
+                fmt_pct(p.customer_margin_pct_percentiles[10]),
+                fmt_pct(p.customer_margin_pct_percentiles[50]),
+            ]
+        )
     return rows
 
 
 def _layout(title: str, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"title": {"text": title}, "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
-                           "template": "plotly_white", "legend": {"orientation": "h", "y": -0.2}}
+    out: dict[str, Any] = {
+        "title": {"text": title},
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
+        "template": "plotly_white",
+        "legend": {"orientation": "h", "y": -0.2},
+    }
     out.update(extra)
     return out
 
@@ -53,7 +74,7 @@ def render_stress_report(run: StressRun) -> HtmlReport:
     rep = HtmlReport(
         title=f"Margin stress test: {s.name}",
         subtitle=f"{run.customers:,} customers × {s.months} months, {mode}; "
-                 f"models: {', '.join(m.spec.name for m in run.models)}",
+        f"models: {', '.join(m.spec.name for m in run.models)}",
     )
     if s.description:
         rep.paragraph(s.description)
@@ -71,40 +92,82 @@ def render_stress_report(run: StressRun) -> HtmlReport:
     rep.heading("Margin over time")
     fig = go.Figure()
     for p in run.policies:
-        fig.add_scatter(x=months, y=p.margin_pct_by_month, mode="lines+markers", name=f"{p.label}: gross margin")
-        fig.add_scatter(x=months, y=p.month_margin_pct_bands[10], mode="lines", line={"dash": "dot"},
-                        name=f"{p.label}: p10 customer")
+        fig.add_scatter(
+            x=months, y=p.margin_pct_by_month, mode="lines+markers", name=f"{p.label}: gross margin"
+        )
+        fig.add_scatter(
+            x=months,
+            y=p.month_margin_pct_bands[10],
+            mode="lines",
+            line={"dash": "dot"},
+            name=f"{p.label}: p10 customer",
+        )
     if s.upgrade is not None:
         fig.add_vline(x=s.upgrade.month + 1, line_dash="dash", annotation_text="upgrade")
-    fig.update_layout(**_layout("Gross margin by month", yaxis={"tickformat": ".0%"},
-                                xaxis={"title": {"text": "month"}}))
+    fig.update_layout(
+        **_layout("Gross margin by month", yaxis={"tickformat": ".0%"}, xaxis={"title": {"text": "month"}})
+    )
     rep.figure(fig)
 
     rep.heading("Margin vs usage: the cliff")
     rows = []
     for p in run.policies:
         for c in p.cliffs:
-            rows.append([p.label, c["plan"], fmt_tasks(c["zero_margin_tasks"]), fmt_tasks(c["zero_margin_tasks_last_month"]),
-                         fmt_pct(c["floor"]), fmt_tasks(c["floor_tasks"]), fmt_tasks(c["floor_tasks_last_month"])])
-    rep.table(("policy", "plan", "margin 0 at (tasks/month, month 1)", f"margin 0 at (month {s.months})",
-               "floor", "below floor at (month 1)", f"below floor at (month {s.months})"), rows)
+            rows.append(
+                [
+                    p.label,
+                    c["plan"],
+                    fmt_tasks(c["zero_margin_tasks"]),
+                    fmt_tasks(c["zero_margin_tasks_last_month"]),
+                    fmt_pct(c["floor"]),
+                    fmt_tasks(c["floor_tasks"]),
+                    fmt_tasks(c["floor_tasks_last_month"]),
+                ]
+            )
+    rep.table(
+        (
+            "policy",
+            "plan",
+            "margin 0 at (tasks/month, month 1)",
+            f"margin 0 at (month {s.months})",
+            "floor",
+            "below floor at (month 1)",
+            f"below floor at (month {s.months})",
+        ),
+        rows,
+    )
     for p in run.policies:
         fig = go.Figure()
         sc = p.scatter
-        fig.add_scattergl(x=sc.get("tasks_per_month", []), y=sc.get("margin_pct", []), mode="markers",
-                          name="customers (run average)", marker={"size": 4, "opacity": 0.45})
+        fig.add_scattergl(
+            x=sc.get("tasks_per_month", []),
+            y=sc.get("margin_pct", []),
+            mode="markers",
+            name="customers (run average)",
+            marker={"size": 4, "opacity": 0.45},
+        )
         for c in p.cliffs:
-            fig.add_scatter(x=c["curve"]["tasks"], y=c["curve"]["margin_pct_first_month"], mode="lines",
-                            name=f"{c['plan']} (month 1)")
+            fig.add_scatter(
+                x=c["curve"]["tasks"],
+                y=c["curve"]["margin_pct_first_month"],
+                mode="lines",
+                name=f"{c['plan']} (month 1)",
+            )
             if c["zero_margin_tasks"]:
-                fig.add_vline(x=c["zero_margin_tasks"], line_dash="dash", line_color="#c81e1e",
-                              annotation_text=f"{c['plan']} cliff")
+                fig.add_vline(
+                    x=c["zero_margin_tasks"],
+                    line_dash="dash",
+                    line_color="#c81e1e",
+                    annotation_text=f"{c['plan']} cliff",
+                )
         fig.add_hline(y=0, line_color="#888")
-        fig.update_layout(**_layout(
-            f"{p.label}: margin % vs tasks per month",
-            xaxis={"type": "log", "title": {"text": "tasks per customer-month"}},
-            yaxis={"tickformat": ".0%", "range": [-2, 1.05]},
-        ))
+        fig.update_layout(
+            **_layout(
+                f"{p.label}: margin % vs tasks per month",
+                xaxis={"type": "log", "title": {"text": "tasks per customer-month"}},
+                yaxis={"tickformat": ".0%", "range": [-2, 1.05]},
+            )
+        )
         rep.figure(fig)
 
     rep.heading("Sensitivity (tornado)")
@@ -114,17 +177,34 @@ def render_stress_report(run: StressRun) -> HtmlReport:
             continue
         base = bars[0]["base_margin_pct"]
         fig = go.Figure()
-        fig.add_bar(name="input −20%", orientation="h", y=[b["label"] for b in bars],
-                    x=[b["low_margin_pct"] - base for b in bars], base=base)
-        fig.add_bar(name="input +20%", orientation="h", y=[b["label"] for b in bars],
-                    x=[b["high_margin_pct"] - base for b in bars], base=base)
-        fig.update_layout(**_layout(f"{p.label}: gross margin when one input moves ±20% (base {fmt_pct(base)})",
-                                    barmode="overlay", xaxis={"tickformat": ".0%"}))
+        fig.add_bar(
+            name="input −20%",
+            orientation="h",
+            y=[b["label"] for b in bars],
+            x=[b["low_margin_pct"] - base for b in bars],
+            base=base,
+        )
+        fig.add_bar(
+            name="input +20%",
+            orientation="h",
+            y=[b["label"] for b in bars],
+            x=[b["high_margin_pct"] - base for b in bars],
+            base=base,
+        )
+        fig.update_layout(
+            **_layout(
+                f"{p.label}: gross margin when one input moves ±20% (base {fmt_pct(base)})",
+                barmode="overlay",
+                xaxis={"tickformat": ".0%"},
+            )
+        )
         rep.figure(fig)
 
     rep.heading("What drives the cost")
     a = run.attribution
-    rows = [[DRIVER_LABELS["base"], fmt_usd(a.base_usd), fmt_pct(a.base_usd / a.total_usd if a.total_usd else 0)]]
+    rows = [
+        [DRIVER_LABELS["base"], fmt_usd(a.base_usd), fmt_pct(a.base_usd / a.total_usd if a.total_usd else 0)]
+    ]
     for d in DRIVERS:
         rows.append([DRIVER_LABELS[d], fmt_usd(a.driver_usd[d]), fmt_pct(a.shares()[d])])
     rows.append(["total", fmt_usd(a.total_usd), "100%"])
@@ -132,8 +212,13 @@ def render_stress_report(run: StressRun) -> HtmlReport:
     fig = go.Figure()
     for key in ("base", *DRIVERS):
         fig.add_bar(name=DRIVER_LABELS[key], x=months, y=a.by_month[key])
-    fig.update_layout(**_layout("Cost by driver and month (Shapley attribution, USD)", barmode="stack",
-                                xaxis={"title": {"text": "month"}}))
+    fig.update_layout(
+        **_layout(
+            "Cost by driver and month (Shapley attribution, USD)",
+            barmode="stack",
+            xaxis={"title": {"text": "month"}},
+        )
+    )
     rep.figure(fig)
     rep.paragraph(
         "Attribution: each driver's cost is its Shapley value (its added cost averaged over every "

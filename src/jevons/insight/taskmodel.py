@@ -155,8 +155,12 @@ class TaskTotals:
     def of(cls, usages: list[Usage]) -> TaskTotals:
         s = sum(usages[1:], usages[0])
         return cls(
-            float(s.input_tokens), float(s.output_tokens), float(s.cache_read_tokens),
-            float(s.cache_write_tokens), float(s.reasoning_tokens), float(s.requests),
+            float(s.input_tokens),
+            float(s.output_tokens),
+            float(s.cache_read_tokens),
+            float(s.cache_write_tokens),
+            float(s.reasoning_tokens),
+            float(s.requests),
         )
 
 
@@ -177,6 +181,17 @@ class UnitTable:
     weight: FloatArray  # (models, months)
     attempts: float
     trend: FloatArray  # (models, months): (1+trend)^t
+    step_cost: tuple[FloatArray, ...] = ()  # per model: one attempt's cost of each step (month 0)
+    step_tokens: tuple[dict[str, FloatArray], ...] = ()  # per model: token field -> per step
+
+    def steps_per_task(self, model: int) -> dict[str, FloatArray]:
+        """Per-task cost and tokens of each step of ``model``, per month: ``(steps, months)``
+        arrays (route weight, retries and price trend included). Calls of one step are
+        identical, so a per-call rule (the event floor) applied to a step's total is exact."""
+        scale = self.weight[model] * self.attempts
+        out = {f: v[:, None] * scale[None, :] for f, v in self.step_tokens[model].items()}
+        out["cost"] = self.step_cost[model][:, None] * (scale * self.trend[model])[None, :]
+        return out
 
     @property
     def cost_per_task(self) -> FloatArray:
@@ -242,7 +257,20 @@ def build_unit_table(
             # every call on the base model, at the base model's price trend
             table[0] = weight.sum(axis=0) * trend[0] * attempt_cost[(0, d.output, d.loop, False)] * mult
         cost[d.on] = table
-    totals = tuple(
-        TaskTotals.of(step_usages(scenario.task, rm.spec.reasoning_multiplier)) for rm in models
+    all_on = [step_usages(scenario.task, rm.spec.reasoning_multiplier) for rm in models]
+    totals = tuple(TaskTotals.of(u) for u in all_on)
+    step_cost = tuple(
+        np.array([float(task_cost_usd(rm.version, [u], what=f"models[{i}].name")) for u in usages])
+        for i, (rm, usages) in enumerate(zip(models, all_on, strict=True))
     )
-    return UnitTable(tuple(models), months, cost, totals, weight, attempts, trend)
+    step_tokens = tuple(
+        {
+            "input_tokens": np.array([u.input_tokens for u in usages], dtype=np.float64),
+            "output_tokens": np.array([u.output_tokens for u in usages], dtype=np.float64),
+            "cache_read_tokens": np.array([u.cache_read_tokens for u in usages], dtype=np.float64),
+            "cache_write_tokens": np.array([u.cache_write_tokens for u in usages], dtype=np.float64),
+            "reasoning_tokens": np.array([u.reasoning_tokens for u in usages], dtype=np.float64),
+        }
+        for usages in all_on
+    )
+    return UnitTable(tuple(models), months, cost, totals, weight, attempts, trend, step_cost, step_tokens)

@@ -532,9 +532,10 @@ class SQLLedger:
 
         b.write(run)
 
-    def acquire_lease(self, sink: str, owner: str, ttl_s: float) -> bool:
+    def acquire_lease(self, sink: str, owner: str, ttl_s: float, *, take_from: str | None = None) -> bool:
         """Take (or extend) the right to drain ``sink`` for ``ttl_s`` seconds; ``False`` when
-        another drainer holds it. One drainer per sink keeps duplicate sends rare."""
+        another drainer holds it. One drainer per sink keeps duplicate sends rare.
+        ``take_from`` takes over the lease of a holder known to be dead."""
         b = self._b
         at = now_us()
 
@@ -542,12 +543,17 @@ class SQLLedger:
             self._ensure_cursor(cur, sink)
             cur.execute(
                 b.q("UPDATE {p}sink_cursors SET lease_owner = ?, lease_until_us = ? WHERE sink = ? "
-                    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until_us < ?)"),
-                (owner, at + int(ttl_s * 1e6), sink, owner, at),
+                    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_owner = ? "
+                    "OR lease_until_us < ?)"),
+                (owner, at + int(ttl_s * 1e6), sink, owner, take_from or owner, at),
             )
             return bool(cur.rowcount == 1)
 
         return b.write(run)
+
+    def lease_owner(self, sink: str) -> str | None:
+        rows = self._b.read("SELECT lease_owner FROM {p}sink_cursors WHERE sink = ?", (sink,))
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
 
     def release_lease(self, sink: str, owner: str) -> None:
         b = self._b

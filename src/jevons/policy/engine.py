@@ -321,6 +321,10 @@ class CustomerRater:
         return period_of(min([first_event_at, *starts]))
 
     def _open(self, period: str) -> None:
+        with R.rating_context():
+            self._open_period(period)
+
+    def _open_period(self, period: str) -> None:
         st = self.state
         assert st is not None
         st.period = period
@@ -561,17 +565,14 @@ class CustomerRater:
         p = R.close_period(fees=fees, usage_billed=usage, commitment=commitment, period_cost=cost,
                            absorbed_cost=absorbed_cost, period_floor_multiplier=pfm)
         if p.commitment_true_up > 0:
-            lines.append(InvoiceLine("commitment_true_up", f"minimum commitment ${_round(commitment, rounding)}",
-                                     p.commitment_true_up, _round(p.commitment_true_up, rounding)))
+            what = f"minimum commitment ${_round(commitment, rounding)}"
+            lines.append(InvoiceLine("commitment_true_up", what, p.commitment_true_up,
+                                     _round(p.commitment_true_up, rounding)))
         if p.floor_true_up > 0:
             lines.append(InvoiceLine("period_floor_true_up", "period margin floor", p.floor_true_up,
                                      _round(p.floor_true_up, rounding)))
         self._draw(p.due_before_credits, end - timedelta(microseconds=1))
-        for kind in ("paid", "promotional"):
-            amount = st.period_credits.get(kind, _ZERO)
-            if amount:
-                lines.append(InvoiceLine(f"credit_{kind}", f"{kind} credits applied", -amount,
-                                         -_round(amount, rounding)))
+        lines.extend(self._credit_lines(lines, rounding))
         promo = st.period_credits.get("promotional", _ZERO)
         revenue = p.revenue - promo
         margin = revenue - cost
@@ -583,6 +584,27 @@ class CustomerRater:
             margin_pct=None if revenue == 0 else margin / revenue,
             absorbed_cost=absorbed_cost, events=events, unpriced_events=unpriced, rounding=rounding,
         )
+
+    def _credit_lines(self, charges: list[InvoiceLine], rounding: str) -> list[InvoiceLine]:
+        """Credit lines, rounded so that the total due is the exact total due rounded to cents
+        (never below zero): the credits absorb the cents that rounding each charge line moved."""
+        st = self.state
+        assert st is not None
+        paid = st.period_credits.get("paid", _ZERO)
+        promo = st.period_credits.get("promotional", _ZERO)
+        if not paid and not promo:
+            return []
+        charged = sum((line.rounded for line in charges), _ZERO)
+        exact_due = sum((line.amount for line in charges), _ZERO) - paid - promo
+        credits = charged - max(_round(exact_due, rounding), _ZERO)
+        paid_r = min(_round(paid, rounding), credits) if promo else credits
+        out = []
+        if paid:
+            out.append(InvoiceLine("credit_paid", "paid credits applied", -paid, -paid_r))
+        if promo:
+            out.append(InvoiceLine("credit_promotional", "promotional credits applied", -promo,
+                                   -(credits - paid_r)))
+        return out
 
     # -- running balances
 
@@ -667,9 +689,12 @@ class PolicyEngine:
 
     def invoice(self, customer: str | None, period: str, events: Iterable[Event]) -> Invoice:
         """The invoice preview of ``customer`` for ``period`` (events of earlier periods are
-        rated too when given, for the credits they drew)."""
-        _, rater = self.rate_customer(customer, [e for e in events if period_of(e.timestamp) <= period],
-                                      through=period)
+        rated too when given, for the credits they drew). Uses the fast batch rater, whose
+        result equals rating event by event."""
+        from jevons.policy.batch import rate_customer_fast
+
+        rater = rate_customer_fast(self, customer, [e for e in events if period_of(e.timestamp) <= period],
+                                   through=period)
         for inv in rater.invoices:
             if inv.period == period:
                 return inv

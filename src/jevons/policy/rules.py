@@ -36,8 +36,10 @@ in effect at the event's time:
 6. prepaid credits: drawn from the billed amount, ``min(balance, due)`` per grant in grant
    order (priority, earliest expiry, oldest) -- :func:`credit_draw`.
 
-Steps 1-5 are composed in ONE function, :func:`rate_unit`, which returns the new running
-state (allowance left, fixed discount left, cap headroom) to feed into the next unit.
+Steps 2-5 are composed in ONE function, :func:`rate_unit` (given the step-1 list charge),
+which returns the new running state (allowance left, fixed discount left, cap headroom) to feed
+into the next unit. The engine calls it per event, the fast batch rater
+(``jevons.policy.batch``) and the simulator per aggregate.
 
 Per period, after all events (:func:`close_period`):
 
@@ -58,18 +60,22 @@ float64 arrays of: cost (USD), and for token mode the token aggregates of
 
     from jevons.policy import rules as R
     P = lambda d: R.param(d, like=cost_c)        # Decimal policy value -> 0-d float array
-    state = R.UnitState.start(allowance=P(a), fixed_discount=P(fd), cap=P(cap) or R.INF)
+    state = R.UnitState.start(allowance=P(a), fixed_discount=P(fd),
+                              cap=P(R.INF if plan.cap is None else plan.cap))
     for c in policy.class_order:                 # one call per class aggregate
         lst = R.token_list_charge(buckets_c, {d: P(r) for d, r in rates_c.items()})
               # or R.price_list_charge(cost_c, P(markup_c))
-        u = R.rate_unit(list_charge=lst, cost=cost_c, floor_multiplier=P(mult_c),
+        u = R.rate_unit(list_charge=lst, cost=cost_c, floor_multiplier=P(pc.floor_multiplier),
                         allowance_unit=unit, tokens=tokens_c, percent=P(pct), state=state)
         state = u.state                           # carries shared allowance / discount / cap
     p = R.close_period(fees=P(fee), usage_billed=sum_of_u.billed, commitment=P(commit),
                        period_cost=sum_cost, absorbed_cost=sum_of_u.absorbed_cost,
-                       period_floor_multiplier=P(R.floor_multiplier(pf)))
+                       period_floor_multiplier=P(plan.period_floor_multiplier))
     drawn = R.credit_draw(balance, sum_of_u.billed + p.due_before_credits)
 
+``PlanClass.floor_multiplier`` and ``Plan.period_floor_multiplier`` are 0 when there is no
+floor (a floor of 0, multiplier 1, means "never below cost"); ``PlanClass.usd_per_mtok`` has
+every token dimension with its fallbacks filled in.
 A per-class allowance is a fresh ``UnitState`` allowance per class; a shared one is carried
 from class to class (as in the loop above). Applying rules to aggregates is exact for the
 linear steps (list charge, markup, percent discount) and for allowance/cap/credits as long as
@@ -126,6 +132,7 @@ __all__ = [
     "rating_context",
     "share",
     "token_list_charge",
+    "token_list_numerators",
     "where",
     "zero",
 ]
@@ -263,6 +270,23 @@ def token_list_charge(buckets: Mapping[str, Any], usd_per_mtok: Mapping[str, Num
         raise ValueError("token_list_charge: no token buckets")
     out: Any = total / 1_000_000.0 if is_array(total) else total / MTOK
     return cast(Num, out)
+
+
+def token_list_numerators(
+    buckets: Mapping[str, npt.NDArray[np.int64]], usd_per_mtok: Mapping[str, Decimal]
+) -> tuple[list[int], int]:
+    """:func:`token_list_charge` of many events as exact integers: event ``i``'s list charge is
+    ``numerators[i] / 10**scale``. For exact vectorised comparisons (the batch rater decides
+    with it whether each event's floor binds); the charge itself still comes from
+    :func:`token_list_charge`."""
+    digits = max(0, *(-int(r.normalize().as_tuple().exponent) for r in usd_per_mtok.values()))
+    ints = {d: int(r.scaleb(digits)) for d, r in usd_per_mtok.items()}
+    most = sum(int(np.max(c, initial=0)) * abs(ints[d]) for d, c in buckets.items())
+    kind: Any = np.int64 if most < 2**62 else object  # Python ints when int64 could overflow
+    total: Any = 0
+    for dim, count in buckets.items():
+        total = total + count.astype(kind) * ints[dim]
+    return list(np.asarray(total).tolist()), digits + 6
 
 
 def price_list_charge(cost: Num, markup: Num) -> Num:
@@ -412,7 +436,8 @@ def rate_unit(
     d = discount(a.overage, minimum(floor_part, a.overage), percent, state.fixed_discount_left)
     c = apply_cap(d.net, state.cap_headroom)
     overage_cost = share(cost, a.overage, f.charge)
-    absorbed_cost = share(overage_cost, c.absorbed, d.net)
+    # nothing absorbed -> no absorbed cost (share() would give all of it when net is 0)
+    absorbed_cost = where(c.absorbed == 0, zero(cost), share(overage_cost, c.absorbed, d.net))
     new_state = UnitState(
         state.allowance_left - a.used,
         state.fixed_discount_left - d.fixed_off,

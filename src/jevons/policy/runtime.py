@@ -27,6 +27,7 @@ from jevons.capture.errors import CapReached
 from jevons.events import Event
 from jevons.policy.engine import Alert, CustomerRater, Grant, PolicyEngine, RatedEvent
 from jevons.policy.periods import period_of
+from jevons.policy.rules import rating_context
 from jevons.policy.store import PolicyStore, StoreTx
 
 __all__ = ["PolicyRuntime", "log_alert", "webhook_alert_hook"]
@@ -87,6 +88,17 @@ class PolicyRuntime:
             if done is not None:
                 return done
             rater = self._rater(tx, event.customer)
+            st = rater.state
+            if st is not None and period_of(event.timestamp) < st.period:
+                # a late event of a period already closed: its running balances are final;
+                # record it (worth its stand-alone charge) and leave it to `jevons rerate`
+                log.warning("event %s of %s arrived after its period closed for %r; re-rate %s",
+                            event.id, period_of(event.timestamp), event.customer,
+                            period_of(event.timestamp))
+                late = {"event_id": event.id, "late": True,
+                        "billed": str(self.engine.amount_for(event))}
+                tx.record_applied(event.idempotency_key, late)
+                return late
             rated = rater.rate(event)
             assert rater.state is not None
             tx.save_state(rater.state)
@@ -113,8 +125,11 @@ class PolicyRuntime:
         def read(tx: StoreTx) -> dict[str, Any]:
             rater = self._rater(tx, customer)
             when = at or self.clock()
+            if rater.state is None and rater.grants:
+                rater.start(when)  # months since the first grant owe their fees (not saved)
             if rater.state is not None and rater.state.period < period_of(when):
-                rater.advance_to(period_of(when))  # a new period: fresh counters (not saved)
+                with rating_context():
+                    rater.advance_to(period_of(when))  # a new period: fresh counters (not saved)
             return rater.balances(when)
         return self.store.read(read, _key(customer))
 
@@ -122,8 +137,8 @@ class PolicyRuntime:
         """``Meter(guards=[runtime.guard])``: raise ``CapReached`` before the provider call when
         the customer's plan says ``cap_enforcement = "block"`` and its cap is reached."""
         now = self.clock()
-        pol = self.engine.policies.at(now)
         try:
+            pol = self.engine.policies.at(now)
             plan = pol.plan_for(customer, pol.plan_at(customer, now))
         except LookupError:
             return

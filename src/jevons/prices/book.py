@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from time import time as _time
 
 from jevons.prices.cost import Cost, price_usage, unpriced_cost
 from jevons.prices.model import Layer, PriceVersion, ServiceTier, Tier
@@ -57,6 +58,14 @@ GEO_REGION_PREFIXES: dict[str | None, tuple[str, ...]] = {
     "jp": ("ap-northeast-1", "ap-northeast-3"),
     "au": ("ap-southeast-2", "ap-southeast-4"),
     "ca": ("ca-",),
+}
+# service-tier names as providers report them -> the book's tiers; any other name is priced at
+# the standard price and flagged estimated (never an error on the customer's call)
+_TIER_ALIASES: dict[str, ServiceTier] = {t.value: t for t in ServiceTier} | {
+    "default": ServiceTier.STANDARD,
+    "auto": ServiceTier.STANDARD,
+    "on_demand": ServiceTier.STANDARD,
+    "on-demand": ServiceTier.STANDARD,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR = datetime(9999, 1, 1, tzinfo=UTC)
@@ -128,8 +137,11 @@ class PriceBook:
         self.fallback = fallback
         self._resolve_cache: dict[tuple[str, str | None], Resolution] = {}
         self._current_cache: dict[tuple[object, ...], tuple[PriceVersion | None, tuple[str, ...]]] = {}
+        # (name, provider, tier, region) -> lookup result now: one dict hit on the hot path
+        self._hot: dict[tuple[object, ...], tuple[Resolution, PriceVersion | None, tuple[str, ...]]] = {}
         for v in versions:
             self._add(v)
+        self._boundary_ts = self._next_boundary()
 
     # ------------------------------------------------------------------ building
     def add(self, version: PriceVersion) -> None:
@@ -174,6 +186,24 @@ class PriceBook:
     def _clear_caches(self) -> None:
         self._resolve_cache.clear()
         self._current_cache.clear()
+        self._hot.clear()
+        self._boundary_ts = self._next_boundary()
+
+    def _next_boundary(self) -> float:
+        """When the current-price cache goes stale: the next start or end of a version or
+        adjustment after now (a price scheduled for next month takes over by itself)."""
+        now = datetime.now(UTC)
+        upcoming = _FAR
+        for bucket in self._by_key.values():
+            for v in bucket:
+                for edge in (v.valid_from, v.valid_to):
+                    if edge is not None and now < edge < upcoming:
+                        upcoming = edge
+        for adj in self._adjustments:
+            for edge in (adj.valid_from, adj.valid_to):
+                if edge is not None and now < edge < upcoming:
+                    upcoming = edge
+        return upcoming.timestamp()
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -347,24 +377,31 @@ class PriceBook:
         if at is not None and at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         assert res.provider is not None and res.model is not None
-        want_tier = ServiceTier(tier) if tier else ServiceTier.STANDARD
+        want_tier = _TIER_ALIASES.get(tier.strip().lower(), tier) if tier else ServiceTier.STANDARD
         want_region = region or res.region
         cache_key = (res.provider, res.model, want_tier, res.geo, want_region, at)
-        hit = self._current_cache.get(cache_key) if at is None else None
-        if hit is not None:
-            return res, hit[0], hit[1]
+        if at is None:
+            if _time() >= self._boundary_ts:  # a dated price or adjustment started or ended
+                with self._lock:
+                    self._clear_caches()
+            hit = self._current_cache.get(cache_key)
+            if hit is not None:
+                self._hot[(name, provider, tier, region)] = (res, hit[0], hit[1])
+                return res, hit[0], hit[1]
         with self._lock:
-            version, notes = self._find(res, want_tier, want_region, at)
+            when = at or datetime.now(UTC)
+            version, notes = self._find(res, want_tier, want_region, when)
             if version is not None:
                 for adj in self._adjustments:
-                    if adj.applies(version, at):
+                    if adj.applies(version, when):
                         version = adj.apply(version)
             if at is None:
                 self._current_cache[cache_key] = (version, notes)
+                self._hot[(name, provider, tier, region)] = (res, version, notes)
             return res, version, notes
 
     def _find(
-        self, res: Resolution, tier: ServiceTier, region: str | None, at: datetime | None
+        self, res: Resolution, tier: ServiceTier | str, region: str | None, at: datetime | None
     ) -> tuple[PriceVersion | None, tuple[str, ...]]:
         assert res.provider is not None and res.model is not None
         bucket = [v for v in self._by_key.get((res.provider, res.model), ()) if v.covers(at)]
@@ -373,7 +410,8 @@ class PriceBook:
         notes: list[str] = []
         pool = [v for v in bucket if v.service_tier is tier]
         if not pool:
-            notes.append(f"no {tier.value} price; standard price used")
+            name = tier.value if isinstance(tier, ServiceTier) else f"{tier!r} (unknown service tier)"
+            notes.append(f"no {name} price; standard price used")
             pool = [v for v in bucket if v.service_tier is ServiceTier.STANDARD] or bucket
         if any(v.geo is not None or v.region is not None for v in pool):
             pool = self._by_place(pool, res.geo, region, notes)
@@ -441,7 +479,11 @@ class PriceBook:
     ) -> Cost:
         """Price one call. Unknown model: the fallback price class (``estimated``) when one is
         configured, else ``unpriced`` with ``total_usd=None`` — never a silent $0."""
-        res, version, notes = self.lookup(model, provider=provider, at=at, tier=tier, region=region)
+        hot = self._hot.get((model, provider, tier, region)) if at is None else None
+        if hot is not None and _time() < self._boundary_ts:
+            res, version, notes = hot
+        else:
+            res, version, notes = self.lookup(model, provider=provider, at=at, tier=tier, region=region)
         if version is None:
             why = res.explain() if not res.found else "; ".join(notes)
             if self.fallback is not None:

@@ -24,7 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from jevons.prices.model import Dim, PriceVersion
+from jevons.prices.model import Dim, PriceVersion, ServiceTier, Tier
 from jevons.usage import Usage
 
 __all__ = ["Cost", "CostLine", "CostStatus", "price_usage", "unpriced_cost"]
@@ -141,7 +141,6 @@ class Cost:
             notes=tuple(d.get("notes", ())),
         )
 
-
 # Hot path: ``book.cost()`` builds one Cost and a few CostLines per call. The generated
 # ``__init__`` of a frozen dataclass sets each field through ``object.__setattr__``; setting
 # the slots through their descriptors gives the same immutable objects about twice as fast.
@@ -163,10 +162,32 @@ def _line(dimension: str, tokens: int, rate: Decimal, usd: Decimal, priced_as: s
     return obj
 
 
-def _cost(*values: Any) -> Cost:
+(
+    _s_requested, _s_model, _s_provider, _s_status, _s_total, _s_lines, _s_version, _s_source, _s_as_of,
+    _s_tier, _s_region, _s_threshold, _s_missing, _s_notes,
+) = _cost_set
+
+
+def _cost(
+    model_requested: str, model: str, provider: str, status: CostStatus, total: Decimal | None,
+    lines: tuple[CostLine, ...], version_id: str, source: str, as_of: datetime | None, tier: str,
+    region: str | None, threshold: int | None, missing: tuple[str, ...], notes: tuple[str, ...],
+) -> Cost:
     obj: Cost = _new(Cost)
-    for setter, value in zip(_cost_set, values, strict=True):
-        setter(obj, value)
+    _s_requested(obj, model_requested)
+    _s_model(obj, model)
+    _s_provider(obj, provider)
+    _s_status(obj, status)
+    _s_total(obj, total)
+    _s_lines(obj, lines)
+    _s_version(obj, version_id)
+    _s_source(obj, source)
+    _s_as_of(obj, as_of)
+    _s_tier(obj, tier)
+    _s_region(obj, region)
+    _s_threshold(obj, threshold)
+    _s_missing(obj, missing)
+    _s_notes(obj, notes)
     return obj
 
 
@@ -177,31 +198,43 @@ def unpriced_cost(
     return Cost(model_requested, model, provider, "unpriced", None, notes=(note,))
 
 
-_Plan = tuple[dict[Dim, tuple[Decimal, Dim] | None], bool]
-_plans: dict[tuple[str, int | None], _Plan] = {}
+_Rates = dict[Dim, Decimal]
+# per bucket, in _BUCKETS order: (line name, rate or None, name of the fallback dim or None)
+_PlanRow = tuple[str, Decimal | None, str | None]
+_Plan = tuple[tuple[_PlanRow, ...], bool, _PlanRow]
+_BUCKETS = (
+    Dim.INPUT, Dim.CACHE_READ, Dim.CACHE_WRITE_5M, Dim.CACHE_WRITE_1H, Dim.AUDIO_INPUT, Dim.IMAGE_INPUT,
+    Dim.OUTPUT, Dim.REASONING, Dim.AUDIO_OUTPUT, Dim.IMAGE_OUTPUT, Dim.WEB_SEARCH,
+)
+_TIER_NAMES = {t: t.value for t in ServiceTier}
+# (id of base rates, id of tier rates) -> (plan, base, tier): identity-checked, see _plan
+_plans: dict[tuple[int, int], tuple[_Plan, _Rates, _Rates | None]] = {}
 _PLAN_CACHE_MAX = 4096
 
 
-def _plan(version: PriceVersion, rates: dict[Dim, Decimal], threshold: int | None) -> _Plan:
+def _plan(version: PriceVersion, tier: Tier | None) -> _Plan:
     """Per bucket, the rate that prices it and the dimension it came from (after the fallback
-    chain), computed once per version and tier: the hot path only multiplies."""
-    key = (version.version_id, threshold)
-    plan = _plans.get(key)
-    if plan is not None:
-        return plan
-    chosen: dict[Dim, tuple[Decimal, Dim] | None] = {}
-    for dim, chain in _CHAINS.items():
-        found: tuple[Decimal, Dim] | None = None
-        for candidate in chain:
+    chain), computed once per rate table: the hot path only multiplies. Keyed by the identity
+    of the rate dicts (held by the cache, so an id cannot be reused while cached)."""
+    base = version.rates
+    extra = tier.rates if tier is not None else None
+    key = (id(base), id(extra))
+    hit = _plans.get(key)
+    if hit is not None and hit[1] is base and hit[2] is extra:
+        return hit[0]
+    rates = base if extra is None else {**base, **extra}
+
+    def row(dim: Dim) -> _PlanRow:
+        for candidate in _CHAINS[dim]:
             rate = rates.get(candidate)
             if rate is not None:
-                found = (rate, candidate)
-                break
-        chosen[dim] = found
-    plan = (chosen, Dim.REASONING in rates)
+                return dim.value, rate, None if candidate is dim else candidate.value
+        return dim.value, None, None
+
+    plan: _Plan = (tuple(row(d) for d in _BUCKETS), Dim.REASONING in rates, row(Dim.REQUEST))
     if len(_plans) >= _PLAN_CACHE_MAX:
         _plans.clear()
-    _plans[key] = plan
+    _plans[key] = (plan, base, extra)
     return plan
 
 
@@ -215,50 +248,40 @@ def price_usage(
     notes: tuple[str, ...] = (),
 ) -> Cost:
     """Price ``usage`` with ``version`` (long-context tier chosen by total input tokens)."""
-    rates, threshold = version.rates_for(usage.input_tokens)
-    chosen, distinct_reasoning = _plan(version, rates, threshold)
+    tier = version.tier_for(usage.input_tokens) if version.tiers else None
+    rows, distinct_reasoning, request = _plan(version, tier)
     uncached = usage.uncached_input_tokens
     audio_in = min(usage.audio_input_tokens, uncached)
     image_in = min(usage.image_input_tokens, uncached - audio_in)
     reasoning = usage.reasoning_tokens if distinct_reasoning else 0
-    text_out = usage.output_tokens - reasoning - usage.audio_output_tokens - usage.image_output_tokens
-    buckets = (
-        (Dim.INPUT, uncached - audio_in - image_in),
-        (Dim.CACHE_READ, usage.cache_read_tokens),
-        (Dim.CACHE_WRITE_5M, usage.cache_write_5m_tokens),
-        (Dim.CACHE_WRITE_1H, usage.cache_write_1h_tokens),
-        (Dim.AUDIO_INPUT, audio_in),
-        (Dim.IMAGE_INPUT, image_in),
-        (Dim.OUTPUT, text_out),
-        (Dim.REASONING, reasoning),
-        (Dim.AUDIO_OUTPUT, usage.audio_output_tokens),
-        (Dim.IMAGE_OUTPUT, usage.image_output_tokens),
-        (Dim.WEB_SEARCH, usage.web_search_requests),
+    audio_out = usage.audio_output_tokens
+    image_out = usage.image_output_tokens
+    counts = (
+        uncached - audio_in - image_in, usage.cache_read_tokens, usage.cache_write_5m_tokens,
+        usage.cache_write_1h_tokens, audio_in, image_in,
+        usage.output_tokens - reasoning - audio_out - image_out, reasoning, audio_out, image_out,
+        usage.web_search_requests,
     )
     lines: list[CostLine] = []
     missing: list[str] = []
     estimated = False
     total = _ZERO
-    for dim, count in buckets:
+    for (name, rate, priced_as), count in zip(rows, counts, strict=True):
         if not count:
             continue
-        found = chosen[dim]
-        if found is None:
-            missing.append(dim.value)
+        if rate is None:
+            missing.append(name)
             continue
-        rate, used = found
         usd = rate * count
         total += usd
-        if used is not dim:
+        if priced_as is not None:
             estimated = True
-            lines.append(_line(dim.value, count, rate, usd, used.value))
-        else:
-            lines.append(_line(dim.value, count, rate, usd, None))
-    request = chosen[Dim.REQUEST]
-    if request is not None and usage.requests:
-        usd = request[0] * usage.requests
+        lines.append(_line(name, count, rate, usd, priced_as))
+    request_rate = request[1]
+    if request_rate is not None and usage.requests:
+        usd = request_rate * usage.requests
         total += usd
-        lines.append(_line(Dim.REQUEST.value, usage.requests, request[0], usd, None))
+        lines.append(_line(request[0], usage.requests, request_rate, usd, None))
     status: CostStatus
     if missing:
         status = "unpriced"
@@ -277,9 +300,9 @@ def price_usage(
         version.version_id,
         version.source,
         as_of,
-        version.service_tier.value,
+        _TIER_NAMES[version.service_tier],
         version.region,
-        threshold,
+        None if tier is None else tier.above_input_tokens,
         tuple(missing),
         notes,
     )

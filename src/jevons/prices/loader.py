@@ -17,14 +17,16 @@ never do network I/O.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from jevons.config import ConfigError, Settings, load_settings
 from jevons.prices.book import PriceBook
 from jevons.prices.model import PriceVersion
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # config (pydantic) loads only when settings are read, not for the bundled book
+    from jevons.config import Settings
     from jevons.prices.refresh import BackgroundRefresher
 
 __all__ = [
@@ -54,11 +56,12 @@ def load_bundled_book() -> PriceBook:
 
 def build_book(settings: Settings) -> PriceBook:
     """Bundled + cached live + overrides + fallback, for ``settings`` (no network)."""
+    from jevons.config import ConfigError
     from jevons.prices.overrides import OverridesError, load_overrides
     from jevons.prices.store import PriceStore
 
     book = PriceBook(_bundled_versions())
-    book.extend(PriceStore(settings.home_dir).load_live())
+    book.extend(_live_behind_bundled(PriceStore(settings.home_dir).load_live()))
     if settings.prices.overrides_file:
         def resolver(name: str, provider: str | None) -> tuple[str, str] | None:
             res = book.resolve(name, None if provider == "custom" else provider)
@@ -76,8 +79,29 @@ def build_book(settings: Settings) -> PriceBook:
     return book
 
 
+def _live_behind_bundled(live: list[PriceVersion]) -> list[PriceVersion]:
+    """Cached live prices older than the bundled snapshot (after a jevons upgrade) give way to
+    it: an open live version is closed where the newer bundled price was fetched."""
+    newer: dict[tuple[object, ...], datetime] = {}
+    for v in _bundled_versions():
+        if v.valid_to is None and v.fetched_at is not None:
+            newer[v.key] = v.fetched_at
+    out = []
+    for v in live:
+        cut = newer.get(v.key)
+        if (
+            cut is not None and v.valid_to is None and v.fetched_at is not None and v.fetched_at < cut
+            and (v.valid_from is None or v.valid_from < cut)
+        ):
+            v = replace(v.with_validity(v.valid_from, cut), version_id=v.version_id)
+        out.append(v)
+    return out
+
+
 def set_fallback(book: PriceBook, name: str) -> None:
     """Use the current price of ``name`` as the book's fallback price class."""
+    from jevons.config import ConfigError
+
     res, version, _ = book.lookup(name)
     if version is None:
         raise ConfigError(f"prices.fallback_model: {name!r} is not in the price book ({res.step})")
@@ -92,6 +116,8 @@ def default_book() -> PriceBook:
         return book
     with _lock:
         if _book is None:
+            from jevons.config import load_settings
+
             settings = load_settings()
             _book = build_book(settings)
             if settings.prices.auto_refresh:

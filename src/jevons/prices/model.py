@@ -7,7 +7,6 @@ re-rated later.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -130,6 +129,7 @@ class PriceVersion:
 
     def content_digest(self) -> str:
         """Hash of what is billed (rates and tiers), independent of fetch time."""
+        import hashlib  # here, not at import: it loads OpenSSL, and most processes never hash
         parts = [f"{d.value}={r.normalize()}" for d, r in sorted(self.rates.items())]
         for t in self.tiers:
             parts.append(f"tier>{t.above_input_tokens}:")
@@ -154,6 +154,14 @@ class PriceVersion:
 
     def with_validity(self, valid_from: datetime | None, valid_to: datetime | None) -> PriceVersion:
         return replace(self, valid_from=valid_from, valid_to=valid_to, version_id="")
+
+    def tier_for(self, input_tokens: int) -> Tier | None:
+        """The long-context tier a call with this many input tokens falls in (``None``: base)."""
+        chosen: Tier | None = None
+        for tier in self.tiers:
+            if input_tokens > tier.above_input_tokens:
+                chosen = tier
+        return chosen
 
     def rates_for(self, input_tokens: int) -> tuple[dict[Dim, Decimal], int | None]:
         """Rates for a call with this many input tokens, and the tier threshold used (if any)."""

@@ -250,7 +250,7 @@ def refresh(
                 src_state["last_error"] = src.error
                 src_state["last_error_at"] = now.isoformat()
                 src.last_success_at = src_state.get("last_success_at")
-                log.warning("price source %s failed: %s (keeping last good prices)", name, src.error)
+                log.info("price source %s failed: %s (keeping last good prices)", name, src.error)
                 continue
             src.status = "updated" if fetcher.fresh else "unchanged"
             src.versions = len(parsed.versions)
@@ -262,11 +262,14 @@ def refresh(
     finally:
         if own_client:
             http.close()
-    state["last_attempt_at"] = now.isoformat()
-    if any(s.status != "failed" for s in report.sources):
-        state["last_success_at"] = now.isoformat()
-    _apply(settings, store, fetched, report, now, book)
-    store.save_state(state)
+    with store.locked():
+        _apply(settings, store, fetched, report, now, book)
+        merged = store.state()  # another process may have written meanwhile: merge, ours wins
+        merged.setdefault("sources", {}).update(state.get("sources", {}))
+        merged["last_attempt_at"] = now.isoformat()
+        if any(s.status != "failed" for s in report.sources):
+            merged["last_success_at"] = now.isoformat()
+        store.save_state(merged)
     return report
 
 
@@ -396,6 +399,11 @@ def accept(
 ) -> AcceptResult:
     """Apply quarantined prices (all when ``ids`` is None), each from the time it was fetched."""
     store = PriceStore(settings.home_dir)
+    with store.locked():
+        return _accept(store, ids, book)
+
+
+def _accept(store: PriceStore, ids: Iterable[str] | None, book: PriceBook | None) -> AcceptResult:
     items = store.quarantine()
     wanted = None if ids is None else set(ids)
     result = AcceptResult()
@@ -469,6 +477,10 @@ class BackgroundRefresher:
             if age is None or age >= ttl:
                 try:
                     self.last_report = refresh(self.settings, book=self.book)
+                    for src in self.last_report.sources:
+                        if src.status == "failed":
+                            log.warning("price source %s failed: %s (keeping the prices of %s)",
+                                        src.name, src.error, src.last_success_at or "the bundled snapshot")
                 except Exception as exc:  # never let a refresh kill the process
                     log.warning("background price refresh failed: %s", exc)
                 age = 0.0

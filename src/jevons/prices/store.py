@@ -12,11 +12,14 @@ Files (each written atomically: temp file + rename, so a reader never sees half 
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,18 @@ class PriceStore:
 
     def __init__(self, home: Path) -> None:
         self.root = Path(home) / "prices"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock for a read-modify-write of the cache (two processes refreshing at
+        once apply their changes one after the other, never over each other)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     # ---------------------------------------------------------------- json helpers
     def _read_json(self, name: str, default: Any) -> Any:

@@ -73,6 +73,9 @@ class SinkUnavailable(SinkError):
 
 
 class Sink(Protocol):
+    """Also read when present: ``concurrency`` (requests in flight at once, default the
+    outbox's; 1 keeps delivery in ledger order)."""
+
     name: str
     max_batch: int  # wire records per request
 

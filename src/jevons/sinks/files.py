@@ -31,6 +31,7 @@ SIGNATURE_HEADER = "X-Jevons-Signature"
 
 class JsonlSink:
     max_batch = 1000
+    concurrency = 1  # one writer keeps the file in ledger order
 
     def __init__(self, name: str, path: Path, *, batch_size: int = 1000) -> None:
         self.name = name

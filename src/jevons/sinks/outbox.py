@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from jevons.events import Event
@@ -98,7 +99,8 @@ class Outbox:
         sinks: Mapping[str, Sink],
         *,
         retry: RetryPolicy | None = None,
-        fetch_size: int = 1000,
+        fetch_size: int = 2000,
+        concurrency: int = 4,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
         lease_ttl_s: float = 120.0,
@@ -107,6 +109,8 @@ class Outbox:
         self.sinks = dict(sinks)
         self.retry = retry or RetryPolicy()
         self.fetch_size = fetch_size
+        self.concurrency = max(1, concurrency)
+        self._report_lock = threading.Lock()
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -129,7 +133,8 @@ class Outbox:
                 sink.send(records)
                 return
             except TransientError as exc:
-                report.retries += 1
+                with self._report_lock:
+                    report.retries += 1
                 msg = str(exc)
                 if attempt >= self.retry.max_attempts:
                     raise _Stop(f"{msg} (gave up after {attempt} attempts)") from exc
@@ -145,20 +150,49 @@ class Outbox:
         self, sink: Sink, items: Sequence[tuple[int, list[Record]]], report: DrainReport,
         deadline: float | None,
     ) -> tuple[list[int], list[tuple[int, str]]]:
-        """Send ``items`` (seq, records); return (delivered seqs, dead-lettered (seq, error))."""
-        delivered: list[int] = []
-        dead: list[tuple[int, str]] = []
+        """Send ``items`` (seq, records); return (delivered seqs, dead-lettered (seq, error)).
+
+        Requests of one chunk go out ``concurrency`` at a time: the cursor only moves once the
+        whole chunk is settled, so their order does not matter."""
+        groups: list[list[tuple[int, list[Record]]]] = []
         group: list[tuple[int, list[Record]]] = []
         size = 0
         for item in items:
             n = len(item[1])
             if group and size + n > sink.max_batch:
-                self._send_group(sink, group, delivered, dead, report, deadline, 0)
+                groups.append(group)
                 group, size = [], 0
             group.append(item)
             size += n
         if group:
-            self._send_group(sink, group, delivered, dead, report, deadline, 0)
+            groups.append(group)
+
+        def one(g: list[tuple[int, list[Record]]]) -> tuple[list[int], list[tuple[int, str]]]:
+            ok: list[int] = []
+            dead: list[tuple[int, str]] = []
+            self._send_group(sink, g, ok, dead, report, deadline, 0)
+            return ok, dead
+
+        delivered: list[int] = []
+        dead: list[tuple[int, str]] = []
+        workers = min(self.concurrency, getattr(sink, "concurrency", self.concurrency), len(groups))
+        if workers <= 1:
+            results = [one(g) for g in groups]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jevons-send") as pool:
+                futures = [pool.submit(one, g) for g in groups]
+                results = []
+                stop: _Stop | None = None
+                for f in futures:
+                    try:
+                        results.append(f.result())
+                    except _Stop as exc:
+                        stop = stop or exc
+                if stop is not None:
+                    raise stop
+        for ok, bad in results:
+            delivered += ok
+            dead += bad
         return delivered, dead
 
     def _send_group(
@@ -178,7 +212,8 @@ class Outbox:
             delivered += [seq for seq, _ in group]
             return
         except RejectedError as exc:
-            report.errors.append(str(exc))
+            with self._report_lock:
+                report.errors.append(str(exc)[:500])
             idx = exc.indexes
             if idx is not None and depth < 3 and all(0 <= i < len(records) for i in idx) and (
                 idx or exc.already
@@ -230,8 +265,12 @@ class Outbox:
         started = time.monotonic()
         deadline = None if max_seconds is None else started + max_seconds
         if not self.ledger.acquire_lease(name, self._owner, self._lease_ttl):
-            report.stopped = "another process is draining this sink"
-            return report
+            holder = self.ledger.lease_owner(name)
+            if holder is None or not _dead_local_owner(holder) or not self.ledger.acquire_lease(
+                name, self._owner, self._lease_ttl, take_from=holder
+            ):
+                report.stopped = "another process is draining this sink"
+                return report
         try:
             state = self.ledger.sink_state(name)
             position = state.position
@@ -333,7 +372,7 @@ class Outbox:
 
             out.append(SinkStatus(
                 sink=name,
-                kind=type(sink).__name__,
+                kind=type(sink).__name__.removesuffix("Sink").lower(),
                 pending=pending,
                 oldest_pending_age_s=age(oldest),
                 delivered=state.delivered,
@@ -352,6 +391,20 @@ class Outbox:
                 sink.close()
             except Exception:
                 log.exception("jevons sink %s: close failed", getattr(sink, "name", "?"))
+
+
+def _dead_local_owner(owner: str) -> bool:
+    """A lease holder ("host:pid:nonce") that ran on this host and is gone (it crashed)."""
+    try:
+        host, pid, _ = owner.split(":", 2)
+        if host != os.uname().nodename:
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
 
 
 class OutboxWorker:

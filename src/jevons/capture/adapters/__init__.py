@@ -67,6 +67,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from importlib import import_module
@@ -397,6 +398,9 @@ def patch_stream(stream: T, call: Call, acc: StreamAccumulator, *, iterator_attr
     helpers stay the SDK's): its internal iterator is replaced by an observing one, and its
     ``close`` also ends the observation (an early close records an ``aborted`` attempt)."""
     inner = getattr(stream, iterator_attr)
+    # a stream dropped without being read or closed still records its (aborted) attempt
+    with contextlib.suppress(TypeError):
+        weakref.finalize(stream, _abort_if_open, call, acc)
     if hasattr(inner, "__anext__"):
         agen = observe_async(call, inner, acc)
         object.__setattr__(stream, iterator_attr, agen)
@@ -405,10 +409,27 @@ def patch_stream(stream: T, call: Call, acc: StreamAccumulator, *, iterator_attr
         async def aclose() -> None:
             try:
                 await agen.aclose()
+                if not call.done:  # closed before it was ever iterated: the request was made
+                    call.abort(_result(call, acc))
             finally:
                 await original_aclose()
 
         object.__setattr__(stream, "close", aclose)
+        response = getattr(stream, "response", None)
+        original_raclose = getattr(response, "aclose", None)
+        if original_raclose is not None:
+
+            async def response_aclose() -> None:
+                # a helper (e.g. the SDK's ``.stream()`` manager) closing the HTTP response
+                # while the caller stopped reading: end the observation as abandoned
+                if _suspended(agen, "ag"):
+                    with contextlib.suppress(Exception):
+                        await agen.aclose()
+                    if not call.done:
+                        call.abort(_result(call, acc))
+                await original_raclose()
+
+            _set_attr(response, "aclose", response_aclose)
         return stream
     gen = observe_sync(call, inner, acc)
     object.__setattr__(stream, iterator_attr, gen)
@@ -417,11 +438,43 @@ def patch_stream(stream: T, call: Call, acc: StreamAccumulator, *, iterator_attr
     def close() -> None:
         try:
             gen.close()
+            if not call.done:  # closed before it was ever iterated: the request was made
+                call.abort(_result(call, acc))
         finally:
             original_close()
 
     object.__setattr__(stream, "close", close)
+    response = getattr(stream, "response", None)
+    original_rclose = getattr(response, "close", None)
+    if original_rclose is not None:
+
+        def response_close() -> None:
+            # not while the generator runs: the SDK closes the response itself at the end
+            if _suspended(gen, "gi"):
+                with contextlib.suppress(Exception):
+                    gen.close()
+                if not call.done:
+                    call.abort(_result(call, acc))
+            original_rclose()
+
+        _set_attr(response, "close", response_close)
     return stream
+
+
+def _abort_if_open(call: Call, acc: StreamAccumulator) -> None:
+    if not call.done:
+        call.abort(_result(call, acc), "stream dropped without being read to its end")
+
+
+def _suspended(generator: Any, prefix: str) -> bool:
+    """Started or not, not finished and not running right now (``gi_``/``ag_`` attributes)."""
+    return getattr(generator, f"{prefix}_frame", None) is not None and not getattr(
+        generator, f"{prefix}_running", False)
+
+
+def _set_attr(obj: Any, name: str, value: Any) -> None:
+    with contextlib.suppress(AttributeError, TypeError):
+        object.__setattr__(obj, name, value)
 
 
 def no_usage(complete: bool = False) -> Extracted:

@@ -14,6 +14,12 @@ output count), ``message_delta`` the cumulative final counts. Fields the delta l
 sends as null) keep their ``message_start`` value.
 
 Every function here reads a JSON dict and the SDK's own pydantic objects alike.
+
+Metering (``AnthropicAdapter``): ``messages.create`` (incl. ``stream=True``), ``messages.parse``
+and ``messages.stream()`` on ``Anthropic``/``AsyncAnthropic`` and their ``beta.messages``. The
+``stream()`` helper posts on its own (not through ``create``) when its manager is entered, so
+the adapter meters that deferred request; streams stay the SDK's ``Stream``/``MessageStream``
+objects, only their raw event iterator is observed. See docs/capture-providers.md.
 """
 
 from __future__ import annotations

@@ -45,11 +45,7 @@ from jevons.capture.adapters import (
     patch_method,
     register_adapter,
 )
-from jevons.capture.adapters.bedrock_families import (
-    InvokeStreamFold,
-    family_of,
-    reading_from_invoke,
-)
+from jevons.capture.adapters.bedrock_families import InvokeStreamFold, reading_from_invoke
 from jevons.capture.adapters.bedrock_usage import (
     PROVIDER,
     BedrockReading,
@@ -296,13 +292,18 @@ def _client_error_status(exc: BaseException) -> int | None:
 
 
 def _record_http_error(exc: BaseException) -> None:
-    """A modelled HTTP error: nothing was generated, so the attempt's usage is known (empty)."""
-    status = _client_error_status(exc)
+    """A modelled HTTP error: nothing was generated, so the attempt's usage is known (empty).
+    Anything else is left to the generic ``call.fail`` (usage unknown, incomplete)."""
     call = CURRENT_CALL.get()
-    if status is None or call is None or call.done:
-        return
-    call.finish_extracted(Extracted(Usage(requests=0), complete=True), "error",
-                          f"{type(exc).__name__} (HTTP {status})")
+    try:
+        status = _client_error_status(exc)
+        if status is None or call is None or call.done:
+            return
+        call.finish_extracted(Extracted(Usage(requests=0), complete=True), "error",
+                              f"{type(exc).__name__} (HTTP {status})")
+    except Exception as bug:  # never let jevons replace the provider's exception
+        if call is not None:
+            call.meter._error(bug, "adapter")
 
 
 def _sync_reading(fn: Callable[..., Any], read_body: bool) -> Callable[..., Any]:
@@ -350,6 +351,9 @@ def _header(message: Any, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_CONVERSE_USAGE_EVENTS = frozenset({"metadata", "contentBlockStart", "messageStop"})
+
+
 class BedrockStreamAccumulator:
     """Reads the raw event-stream messages of one Bedrock stream (botocore's
     ``EventStreamMessage``: headers + JSON payload) as they pass to the SDK's parser.
@@ -374,6 +378,8 @@ class BedrockStreamAccumulator:
         payload = getattr(message, "payload", b"")
         if event_type is None or not payload:
             return
+        if isinstance(self.fold, ConverseStreamFold) and event_type not in _CONVERSE_USAGE_EVENTS:
+            return  # text deltas, the bulk of a stream, say nothing about usage
         body = parse_body(payload)
         if body is None:
             return
@@ -434,7 +440,9 @@ def _observe_event_stream(call: Call, stream: Any, fold: ConverseStreamFold | In
 
     object.__setattr__(stream, "_event_generator", observed)
     object.__setattr__(stream, "close", close)
-    weakref.finalize(stream, _abandon, call, acc)
+    # a stream dropped unread (never iterated, never closed) is an abort too
+    finalizer = weakref.finalize(stream, _abandon, call, acc)
+    finalizer.atexit = False
 
 
 def _converse_stream(call: Call, result: Any) -> Any:
@@ -544,5 +552,3 @@ def _finish(call: Call, result: Any) -> None:
 
 
 register_adapter(BedrockAdapter())
-
-_ = family_of  # re-exported for callers that want the family of a model id

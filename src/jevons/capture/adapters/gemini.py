@@ -189,6 +189,7 @@ def extract_response(response: Any, model: str | None = None) -> Extracted:
 
 
 register_extractor(PROVIDER, API, extract_response, default=True)
+register_extractor("google", API, extract_response, default=True)  # the name the price book uses
 
 
 @dataclass(slots=True)
@@ -373,6 +374,14 @@ def _always_stream(kwargs: dict[str, Any]) -> bool:
     return True
 
 
+def _leave_open() -> None:
+    """``close`` of a metered copy: the HTTP clients belong to the original client."""
+
+
+async def _aleave_open() -> None:
+    """``aclose`` of a metered copy (see ``_leave_open``)."""
+
+
 # per-request method -> public methods that accept the ``jevons*`` kwargs for it
 _REQUEST_METHODS = ("_generate_content", "_generate_content_stream")
 _PUBLIC_METHODS = ("generate_content", "generate_content_stream")
@@ -406,10 +415,17 @@ class GeminiAdapter:
         stream_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare, stream=_observe,
                                  is_stream=_always_stream)
         new: Any = copy.copy(c)
-        # the original's ``__del__`` closes the HTTP clients the copy shares: keep it alive
+        # ``Client.__del__`` closes its API client's HTTP clients, which the copy shares with
+        # the original: the copy keeps the original alive, and closing (or collecting) the copy
+        # leaves them open for the original, which owns them.
         vars(new)["_jevons_unwrapped"] = c
+        own_api = copy.copy(api_client)
+        patch_method(own_api, "close", _leave_open)
+        patch_method(own_api, "aclose", _aleave_open)
+        new._api_client = own_api
         new._models = copy.copy(c._models)
         new._aio = copy.copy(c._aio)
+        new._aio._api_client = own_api
         new._aio._models = copy.copy(c._aio._models)
         for http_client in (getattr(api_client, "_httpx_client", None),
                             getattr(api_client, "_async_httpx_client", None)):

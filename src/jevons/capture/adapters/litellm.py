@@ -39,10 +39,7 @@ from jevons.usage import Usage
 if TYPE_CHECKING:
     from jevons.capture.meter import Meter
 
-try:  # LiteLLM is optional: without it the callback is a plain object with the same methods
-    from litellm.integrations.custom_logger import CustomLogger as _Base
-except ImportError:  # pragma: no cover - litellm is installed with jevons[providers]
-    _Base = object
+from litellm.integrations.custom_logger import CustomLogger
 
 __all__ = ["JevonsLiteLLMCallback", "extract_litellm"]
 
@@ -96,12 +93,11 @@ def _metadata(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, Mapping) else {}
 
 
-class JevonsLiteLLMCallback(_Base):  # type: ignore[misc,valid-type]
+class JevonsLiteLLMCallback(CustomLogger):
     """Register with ``litellm.callbacks = [meter.litellm_callback()]``."""
 
     def __init__(self, meter: Meter, attribution: Attribution) -> None:
-        if _Base is not object:
-            super().__init__()
+        super().__init__()
         self.meter = meter
         self.attribution = attribution
         # LiteLLM deduplicates custom loggers by class name and public str/int attributes:

@@ -64,6 +64,18 @@ def _count(obj: Any, key: str) -> int:
     return max(to_int(value), 0)
 
 
+def _reported(block: Any) -> dict[str, Any] | None:
+    """The usage block as the API sent it. The SDK's ``UsageInfo`` defaults absent counts to 0,
+    which would turn an unknown shape into a silent zero: only the fields it really received
+    (``model_fields_set`` and extras) are kept."""
+    plain = as_dict(block)
+    received = getattr(block, "model_fields_set", None)
+    if plain is None or not isinstance(received, set | frozenset):
+        return plain
+    extra = getattr(block, "model_extra", None) or {}
+    return {k: v for k, v in plain.items() if k in received or k in extra}
+
+
 def _cached(block: Any) -> int:
     return max(
         _count(_get(block, "prompt_tokens_details"), "cached_tokens"),
@@ -73,7 +85,8 @@ def _cached(block: Any) -> int:
 
 
 def usage_from_usage_block(block: Any, *, tool_calls: int = 0) -> Usage:
-    """Canonical usage of one Mistral ``usage`` object."""
+    """Canonical usage of one Mistral ``usage`` object (JSON dict or SDK ``UsageInfo``)."""
+    block = _reported(block)
     if _get(block, "prompt_tokens") is None and _get(block, "completion_tokens") is None:
         raise UnknownShape("Mistral usage has neither prompt_tokens nor completion_tokens")
     prompt = _count(block, "prompt_tokens")
@@ -130,7 +143,7 @@ def _tier(block: Any) -> str | None:
 def extract_response(response: Any, model: str | None = None) -> Extracted:
     """The extractor registered for ``("mistral", "chat")``: a whole ``ChatCompletionResponse``."""
     usage = usage_from_response(response)
-    block = as_dict(_get(response, "usage"))
+    block = _reported(_get(response, "usage"))
     why = needs_review(block)
     return Extracted(
         usage=usage,
@@ -143,6 +156,7 @@ def extract_response(response: Any, model: str | None = None) -> Extracted:
 
 
 register_extractor(PROVIDER, API, extract_response, default=True)
+register_extractor("mistralai", API, extract_response, default=True)  # the name the price book uses
 
 
 @dataclass(slots=True)
@@ -171,7 +185,7 @@ class MistralStreamState:
                     self._note_tool_call(_get(choice, "index"), position, call)
             if isinstance(_get(choice, "finish_reason"), str):
                 self.finished = True
-        block = as_dict(_get(chunk, "usage"))
+        block = _reported(_get(chunk, "usage"))
         if block:
             self.raw.update({k: v for k, v in block.items() if v is not None})
 

@@ -27,7 +27,8 @@ as ``openrouter``, ``together``...). Gateways' model names are resolved through 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,6 +48,7 @@ from jevons.capture.extract import (
     UnknownShape,
     as_dict,
     field,
+    fields_of,
     get_extractor,
     register_extractor,
     to_int,
@@ -77,18 +79,18 @@ GATEWAY_HOSTS: dict[str, str] = {"openrouter.ai": "openrouter"}
 
 
 # ---------------------------------------------------------------------- extraction
-def cache_writes(details: Any) -> tuple[int, int]:
+def cache_writes(details: Mapping[str, Any]) -> tuple[int, int]:
     """(short-TTL, long-TTL) cache writes from ``cache_write_tokens`` and its TTL breakdown.
 
     OpenAI reports writes with ``cache_write_tokens_details.{ttl_30m_tokens, ttl_12h_tokens}``;
     the short TTL is counted as the canonical ``cache_write_5m`` class and the long one as
     ``cache_write_1h`` (the price book's short/long write rates). Without a breakdown (or for
     a gateway such as OpenRouter) every write is short-TTL, the ``Usage`` default rule."""
-    total = to_int(field(details, "cache_write_tokens"))
+    total = to_int(details.get("cache_write_tokens"))
     if not total:
         return 0, 0
-    breakdown = field(details, "cache_write_tokens_details")
-    long_ttl = to_int(field(breakdown, "ttl_12h_tokens")) + to_int(field(breakdown, "ttl_1h_tokens"))
+    breakdown = fields_of(details.get("cache_write_tokens_details"))
+    long_ttl = to_int(breakdown.get("ttl_12h_tokens")) + to_int(breakdown.get("ttl_1h_tokens"))
     long_ttl = min(long_ttl, total)
     return total - long_ttl, long_ttl
 
@@ -97,23 +99,28 @@ def chat_usage(block: Any, *, tool_calls: int = 0) -> Usage:
     """Canonical usage from a Chat Completions (or legacy completions / embeddings) ``usage``."""
     if block is None:
         raise UnknownShape("response has no usage block")
-    if field(block, "prompt_tokens") is None and field(block, "completion_tokens") is None:
+    b = fields_of(block)
+    prompt_tokens = b.get("prompt_tokens")
+    completion_tokens = b.get("completion_tokens")
+    if prompt_tokens is None and completion_tokens is None:
         raise UnknownShape(f"usage block without prompt_tokens/completion_tokens: {as_dict(block)}")
-    prompt = field(block, "prompt_tokens_details")
-    completion = field(block, "completion_tokens_details")
+    prompt = fields_of(b.get("prompt_tokens_details"))
+    completion = fields_of(b.get("completion_tokens_details"))
     short_writes, long_writes = cache_writes(prompt)
     return Usage(
-        input_tokens=to_int(field(block, "prompt_tokens")),
-        output_tokens=to_int(field(block, "completion_tokens")),
-        cache_read_tokens=to_int(field(prompt, "cached_tokens")),
-        cache_write_5m_tokens=short_writes,
-        cache_write_1h_tokens=long_writes,
-        audio_input_tokens=to_int(field(prompt, "audio_tokens")),
-        image_input_tokens=to_int(field(prompt, "image_tokens")),
-        reasoning_tokens=to_int(field(completion, "reasoning_tokens")),
-        audio_output_tokens=to_int(field(completion, "audio_tokens")),
-        image_output_tokens=to_int(field(completion, "image_tokens")),
-        tool_calls=tool_calls,
+        to_int(prompt_tokens),
+        to_int(completion_tokens),
+        to_int(prompt.get("cached_tokens")),
+        short_writes,
+        long_writes,
+        to_int(completion.get("reasoning_tokens")),
+        to_int(prompt.get("audio_tokens")),
+        to_int(completion.get("audio_tokens")),
+        to_int(prompt.get("image_tokens")),
+        to_int(completion.get("image_tokens")),
+        1,
+        0,
+        tool_calls,
     )
 
 
@@ -121,21 +128,22 @@ def responses_usage(block: Any, *, tool_calls: int = 0, web_searches: int = 0) -
     """Canonical usage from a Responses API ``usage`` block."""
     if block is None:
         raise UnknownShape("response has no usage block")
-    if field(block, "input_tokens") is None and field(block, "output_tokens") is None:
+    b = fields_of(block)
+    if b.get("input_tokens") is None and b.get("output_tokens") is None:
         raise UnknownShape(f"usage block without input_tokens/output_tokens: {as_dict(block)}")
-    inp = field(block, "input_tokens_details")
-    out = field(block, "output_tokens_details")
+    inp = fields_of(b.get("input_tokens_details"))
+    out = fields_of(b.get("output_tokens_details"))
     short_writes, long_writes = cache_writes(inp)
     return Usage(
-        input_tokens=to_int(field(block, "input_tokens")),
-        output_tokens=to_int(field(block, "output_tokens")),
-        cache_read_tokens=to_int(field(inp, "cached_tokens")),
+        input_tokens=to_int(b.get("input_tokens")),
+        output_tokens=to_int(b.get("output_tokens")),
+        cache_read_tokens=to_int(inp.get("cached_tokens")),
         cache_write_5m_tokens=short_writes,
         cache_write_1h_tokens=long_writes,
-        audio_input_tokens=to_int(field(inp, "audio_tokens")),
-        image_input_tokens=to_int(field(inp, "image_tokens")),
-        reasoning_tokens=to_int(field(out, "reasoning_tokens")),
-        image_output_tokens=to_int(field(out, "image_tokens")),
+        audio_input_tokens=to_int(inp.get("audio_tokens")),
+        image_input_tokens=to_int(inp.get("image_tokens")),
+        reasoning_tokens=to_int(out.get("reasoning_tokens")),
+        image_output_tokens=to_int(out.get("image_tokens")),
         tool_calls=tool_calls,
         web_search_requests=web_searches,
     )
@@ -145,12 +153,12 @@ def _tier(value: Any) -> str | None:
     return _TIERS.get(value) if isinstance(value, str) else None
 
 
-def _chat_tool_calls(response: Any) -> int:
+def _chat_tool_calls(choices: Any) -> int:
     n = 0
-    for choice in field(response, "choices", ()) or ():
-        message = field(choice, "message")
-        n += len(field(message, "tool_calls", ()) or ())
-        if field(message, "function_call") is not None:
+    for choice in choices or ():
+        message = fields_of(fields_of(choice).get("message"))
+        n += len(message.get("tool_calls") or ())
+        if message.get("function_call") is not None:
             n += 1
     return n
 
@@ -172,12 +180,11 @@ def _responses_tools(response: Any) -> tuple[int, int]:
 
 
 def extract_chat(response: Any, model: str | None = None) -> Extracted:
-    block = field(response, "usage")
+    r = fields_of(response)
     return Extracted(
-        chat_usage(block, tool_calls=_chat_tool_calls(response)),
-        model=field(response, "model") or model,
-        raw_usage=None,
-        service_tier=_tier(field(response, "service_tier")),
+        chat_usage(r.get("usage"), tool_calls=_chat_tool_calls(r.get("choices"))),
+        r.get("model") or model,
+        service_tier=_tier(r.get("service_tier")),
     )
 
 
@@ -320,10 +327,25 @@ def _prepare_chat(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
         kwargs["stream_options"] = {"include_usage": True}
 
 
+_RAW_TYPES: tuple[type, ...] | None = None
+
+
+def _raw_types() -> tuple[type, ...]:
+    global _RAW_TYPES
+    if _RAW_TYPES is None:
+        found: list[type] = []
+        for module, name in (("openai._legacy_response", "LegacyAPIResponse"),
+                             ("openai._response", "APIResponse"), ("openai._response", "AsyncAPIResponse")):
+            with contextlib.suppress(ImportError, AttributeError):
+                found.append(getattr(__import__(module, fromlist=[name]), name))
+        _RAW_TYPES = tuple(found)
+    return _RAW_TYPES
+
+
 def _unwrap_raw(result: Any) -> Any:
     """``with_raw_response`` hands back an API-response wrapper: parse it (cached by the SDK)."""
-    if hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
-        return result.parse()
+    if isinstance(result, _raw_types()):
+        return result.parse()  # type: ignore[attr-defined]
     return result
 
 
@@ -402,6 +424,12 @@ class OpenAIAdapter:
         return isinstance(client, (openai.OpenAI, openai.AsyncOpenAI))
 
     def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T:
+        previous = getattr(client, "_jevons_wrap", None)
+        if previous is not None:  # wrapping a wrapped client: re-wrap its original, once
+            original, old_attribution, old_provider = previous
+            rewrapped: T = self.wrap(meter, original, attribution.over(old_attribution),
+                                     provider or old_provider)
+            return rewrapped
         prov = provider or provider_of(client)
         extractor = prov if prov in PROVIDER_MODULES else "openai"
         import openai
@@ -440,6 +468,7 @@ class OpenAIAdapter:
         if embeddings is not None:
             metered(embeddings, "create", EMBEDDINGS)
 
+        object.__setattr__(w, "_jevons_wrap", (client, attribution, provider))
         adapter = self
         for name in ("copy", "with_options"):
             original_copy = getattr(w, name, None)

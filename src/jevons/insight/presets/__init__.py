@@ -16,7 +16,7 @@ def _dir() -> Path:
 
 
 def _names(kind: str) -> list[str]:
-    return sorted(p.name[len(kind) + 1: -len(".toml")] for p in _dir().glob(f"{kind}.*.toml"))
+    return sorted(p.name[len(kind) + 1 : -len(".toml")] for p in _dir().glob(f"{kind}.*.toml"))
 
 
 def scenario_names() -> list[str]:

@@ -1,0 +1,90 @@
+"""``jevons events``, ``jevons reprice`` and ``jevons outbox ...`` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from jevons.cli.app import app
+from jevons.cli.ledger import parse_time
+from jevons.config import load_settings
+from jevons.ledger import open_ledger
+
+from .helpers import T0, make_event
+
+runner = CliRunner()
+
+
+def _seed(n: int = 5) -> None:
+    led = open_ledger(load_settings())
+    led.append_many([make_event(i, customer="acme" if i % 2 else "globex") for i in range(n)])
+    led.append(make_event(99, customer="acme", priced=False, model="mystery-model-x"))
+    led.close()
+
+
+def test_events_table_and_json() -> None:
+    _seed()
+    result = runner.invoke(app, ["events", "--customer", "acme", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and {r["customer"] for r in rows} == {"acme"}
+    since = (T0.replace(second=3)).isoformat()
+    result = runner.invoke(app, ["events", "--since", since, "--json"])
+    assert len(result.stdout.splitlines()) == 3  # i = 3, 4 and the unpriced one at i=99
+    table = runner.invoke(app, ["events"])
+    assert table.exit_code == 0 and "globex" in table.stdout and "unpriced" in table.stdout
+
+
+@pytest.mark.parametrize("args", [["events", "--since", "yesterday-ish"], ["outbox", "drain", "--sink", "x"],
+                                  ["outbox", "replay"]])
+def test_bad_input_is_one_line_and_nonzero(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and result.output.count("\n") <= 2
+    assert "error:" in result.output
+
+
+def test_parse_time_forms() -> None:
+    assert parse_time("2026-11-01").isoformat() == "2026-11-01T00:00:00+00:00"
+    assert parse_time("2d", now=T0).isoformat() == "2026-10-30T00:00:00+00:00"
+
+
+def test_reprice_reports_what_it_could_not_price() -> None:
+    _seed(2)
+    result = runner.invoke(app, ["reprice", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would reprice 0 of 1 unpriced events; 1 still without a price" in result.stdout
+
+
+def test_outbox_status_drain_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sinks.fakes import FakeBilling
+
+    _seed(30)
+    with FakeBilling() as fake:
+        cfg = tmp_path / "jevons.toml"
+        cfg.write_text(f'[sinks.lago]\ntype = "lago"\nurl = "{fake.url}"\nmode = "price"\n'
+                       f'[sinks.file]\ntype = "jsonl"\npath = "{tmp_path / "out.jsonl"}"\n')
+        monkeypatch.setenv("JEVONS_CONFIG", str(cfg))
+        status = runner.invoke(app, ["outbox", "status", "--json"])
+        assert status.exit_code == 0, status.output
+        before = {r["sink"]: r for r in json.loads(status.stdout)}
+        assert before["lago"]["pending"] == 31 and before["file"]["pending"] == 31
+        fake.state.poison.add("k-7-")  # the event seeded with i=7
+        drained = runner.invoke(app, ["outbox", "drain"])
+        assert drained.exit_code == 0, drained.output
+        assert "lago: delivered 29, dead-lettered 1, held 1" in drained.stdout
+        assert "file: delivered 31" in drained.stdout
+        monkeypatch.setenv("COLUMNS", "200")
+        table = runner.invoke(app, ["outbox", "status"])
+        assert "lago (lago)" in table.stdout and "file (jsonl)" in table.stdout
+        assert "dead-lettered" in table.stdout
+        after = {r["sink"]: r for r in json.loads(runner.invoke(app, ["outbox", "status", "--json"]).stdout)}
+        assert after["lago"]["dead_lettered"] == 1 and after["lago"]["waiting_for_price"] == 1
+        assert after["lago"]["pending"] == 0
+        fake.state.poison.clear()
+        replay = runner.invoke(app, ["outbox", "replay", "--dead-letter", "--sink", "lago"])
+        assert replay.exit_code == 0 and "lago: replayed 1" in replay.stdout
+        assert len(fake.keys) == 30

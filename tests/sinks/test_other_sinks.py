@@ -1,0 +1,134 @@
+"""Stripe meter events, OpenMeter CloudEvents, the JSONL file and the signed webhook; sinks
+built from config with secrets only from the environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jevons.config import ConfigError, load_settings
+from jevons.events import Event
+from jevons.ledger.database import SQLLedger
+from jevons.sinks import build_sinks, open_outbox
+from jevons.sinks.files import JsonlSink, WebhookSink, sign, verify
+from jevons.sinks.openmeter import OpenMeterSink
+from jevons.sinks.outbox import Outbox, RetryPolicy
+from jevons.sinks.stripe import StripeMeterSink
+from ledger.helpers import make_event
+
+from .fakes import STRIPE_KEY, WEBHOOK_SECRET, FakeBilling
+
+FAST = RetryPolicy(base_s=0.001, max_s=0.01, max_attempts=4)
+
+
+def test_stripe_meter_event_stream(ledger: SQLLedger) -> None:
+    events = [make_event(i, customer="cus_123") for i in range(120)]
+    ledger.append_many(events)
+    with FakeBilling() as fake:
+        sink = StripeMeterSink("stripe", fake.url, STRIPE_KEY)
+        report = Outbox(ledger, {"stripe": sink}, retry=FAST).drain("stripe")
+        sink.close()
+    assert report.delivered == 120
+    first = fake.state.bodies[0]["events"][0]
+    assert set(first) == {"event_name", "identifier", "timestamp", "payload"}
+    assert first["payload"] == {"stripe_customer_id": "cus_123", "value": first["payload"]["value"]}
+    assert isinstance(first["payload"]["value"], str) and first["timestamp"].endswith("Z")
+    assert all(len(b["events"]) <= 100 for b in fake.state.bodies)
+    expected = {f"{e.idempotency_key}:{name}" for e in events
+                for name in ("llm_input_tokens", "llm_cached_input_tokens", "llm_output_tokens")}
+    assert fake.keys == expected
+
+
+def test_stripe_bad_key_stops_the_drain_without_retrying(ledger: SQLLedger) -> None:
+    ledger.append(make_event(1))
+    with FakeBilling() as fake:
+        sink = StripeMeterSink("stripe", fake.url, "sk_wrong")
+        report = Outbox(ledger, {"stripe": sink}, retry=FAST).drain("stripe")
+    assert report.stopped and "401" in report.stopped and report.retries == 0
+    assert ledger.sink_state("stripe").position == 0
+
+
+def test_openmeter_cloudevents(ledger: SQLLedger) -> None:
+    events = [make_event(i, customer="acme") for i in range(30)]
+    ledger.append_many([*events, make_event(99, customer=None)])
+    with FakeBilling() as fake:
+        box = Outbox(ledger, {"om": OpenMeterSink("om", fake.url, None, source="svc-a")}, retry=FAST)
+        report = box.drain("om")
+        assert box.status()[0].unattributed == 1
+    assert report.delivered == 30 and report.held == 1
+    ce = fake.state.bodies[0][0]
+    assert ce["specversion"] == "1.0" and ce["source"] == "svc-a" and ce["subject"] == "acme"
+    assert ce["data"]["input_tokens"] == events[0].usage.input_tokens
+    assert ce["data"]["cost_usd"] == format(events[0].cost.total_usd, "f").rstrip("0")
+    assert fake.keys == {f"svc-a|{e.idempotency_key}" for e in events}
+
+
+def test_jsonl_sink_appends_canonical_events(ledger: SQLLedger, tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(25)]
+    ledger.append_many(events)
+    path = tmp_path / "out" / "events.jsonl"
+    box = Outbox(ledger, {"file": JsonlSink("file", path, batch_size=10)})
+    assert box.drain("file").delivered == 25
+    ledger.append(make_event(100))
+    assert box.drain("file").delivered == 1
+    lines = path.read_text().splitlines()
+    assert len(lines) == 26
+    back = [Event.from_dict(json.loads(line)) for line in lines]
+    assert [e.id for e in back[:25]] == [e.id for e in events]
+    assert back[0].cost.total_usd == events[0].cost.total_usd
+
+
+def test_webhook_is_signed_and_verified(ledger: SQLLedger) -> None:
+    ledger.append_many([make_event(i) for i in range(7)])
+    with FakeBilling() as fake:
+        good = Outbox(ledger, {"hook": WebhookSink("hook", f"{fake.url}/hook", WEBHOOK_SECRET)})
+        assert good.drain("hook").delivered == 7
+        assert fake.state.signatures_ok == 1 and len(fake.keys) == 7
+        ledger.append(make_event(50))
+        bad = Outbox(ledger, {"hook": WebhookSink("hook", f"{fake.url}/hook", "wrong")}, retry=FAST)
+        assert bad.drain("hook").stopped
+        assert fake.state.signatures_bad == 1
+
+
+def test_signature_helpers() -> None:
+    body = b'{"events":[]}'
+    header = sign(b"s", body, 1000)
+    assert verify(b"s", body, header, now=1000)
+    assert not verify(b"s", body + b" ", header, now=1000)
+    assert not verify(b"s", body, header, now=5000)  # stale
+    assert not verify(b"other", body, header, now=1000)
+
+
+def test_sinks_from_config_take_secrets_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "jevons.toml"
+    cfg.write_text(
+        '[sinks.lago]\ntype = "lago"\nurl = "http://127.0.0.1:9"\napi_key_env = "MY_LAGO_KEY"\n'
+        'mode = "price"\nmetric_codes = { input = "in_tok" }\n'
+        '[sinks.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:9/h"\nsecret_env = "MY_HOOK_SECRET"\n'
+        '[sinks.off]\ntype = "jsonl"\nenabled = false\n'
+    )
+    with pytest.raises(ConfigError, match="MY_LAGO_KEY is not set"):
+        build_sinks(load_settings(cfg))
+    monkeypatch.setenv("MY_LAGO_KEY", "lago-secret-value")
+    monkeypatch.setenv("MY_HOOK_SECRET", "hook-secret-value")
+    sinks = build_sinks(load_settings(cfg))
+    assert set(sinks) == {"lago", "hook"}
+    assert sinks["lago"].metric_codes["input"] == "in_tok"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="no sink named"):
+        build_sinks(load_settings(cfg), only="nope")
+    # a failing drain records its error, never the secret
+    box = open_outbox(load_settings(cfg), only="lago")
+    box.retry = RetryPolicy(base_s=0, max_attempts=1)
+    box.ledger.append(make_event(1))
+    assert box.drain("lago").stopped
+    assert "connection error" in (box.ledger.sink_state("lago").last_error or "")
+    db = Path(load_settings(cfg).home_dir) / "ledger" / "ledger.db"
+    box.close()
+    box.ledger.close()
+    raw = b"".join(p.read_bytes() for p in db.parent.glob("ledger.db*"))
+    assert b"connection error" in raw  # the error is in the ledger...
+    assert b"lago-secret-value" not in raw  # ...the secret is not
