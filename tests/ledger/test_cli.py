@@ -59,6 +59,22 @@ def test_reprice_reports_what_it_could_not_price() -> None:
     assert "would reprice 0 of 1 unpriced events; 1 still without a price" in result.stdout
 
 
+def test_reprice_prices_an_event_whose_price_appeared() -> None:
+    """Recorded unpriced (say, before the price book knew gpt-4o); the bundled book knows it now."""
+    led = open_ledger(load_settings())
+    led.append(make_event(1, key="late", priced=False, model="gpt-4o"))
+    led.close()
+    result = runner.invoke(app, ["reprice"])
+    assert result.exit_code == 0, result.output
+    assert "repriced 1 of 1 unpriced events" in result.stdout
+    led = open_ledger(load_settings())
+    ((seq, event),) = led.query_with_seq()
+    assert event.cost.status in ("priced", "estimated") and event.cost.total_usd
+    assert event.cost.price_version and led.unpriced() == []
+    assert [c.status for c in led.cost_history(seq)] == ["unpriced"]
+    led.close()
+
+
 def test_outbox_status_drain_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sinks.fakes import FakeBilling
 

@@ -232,3 +232,29 @@ def test_two_processes_share_one_postgres_ledger(pg_dsn: str, tmp_path: Path) ->
             led.close()
     finally:
         drop_schema(pg_dsn, schema)
+
+
+def test_a_forked_child_gets_its_own_log_and_connections(
+    backend: str, dsn_for: str | None, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """gunicorn --preload and multiprocessing fork a process that already opened the store."""
+    schema = request.getfixturevalue("pg_run_schema") if backend == "postgres" else None
+    settings = settings_for(backend, home=str(tmp_path), dsn=dsn_for, schema=schema,
+                            table_prefix=f"fork{os.getpid()}_")
+    store = open_store(settings)
+    assert store.append(make_event(0, key="parent-0"))
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            ok = all(store.append(make_event(i, key=f"child-{i}")) for i in range(20))
+            store.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    assert store.append(make_event(1, key="parent-1"))
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    keys = {e.idempotency_key for e in store.query()}
+    assert keys == {"parent-0", "parent-1"} | {f"child-{i}" for i in range(20)}
+    store.close()

@@ -72,3 +72,31 @@ def test_fast_batch_on_the_example_policy_with_many_crossings() -> None:
     for e in evs:
         e.customer = "bob"
     same(pol, evs, "bob")
+
+
+def test_fast_batch_classifies_like_the_engine() -> None:
+    from .helpers import policy
+
+    pol = policy(
+        'default_plan = "p"\n[classes.base]\n'
+        '[classes.premium]\npriority = 1\nmodels = ["claude-opus-*"]\n'
+        '[classes.pricey]\npriority = 2\nmin_input_usd_per_mtok = 10\n'
+        '[classes.search]\npriority = 3\nfeatures = ["search"]\n'
+        '[classes.think]\npriority = 4\nreasoning = true\n'
+        '[classes.gemini]\npriority = 5\nproviders = ["google"]\n'
+        '[plans.p]\nallowance = { amount = 2000000, unit = "tokens" }\ncap = 40\n'
+        + "".join(f'[plans.p.classes.{c}]\nmode = "price"\nmarkup = {i + 1}\n'
+                  for i, c in enumerate(["base", "premium", "pricey", "search", "think", "gemini"])))
+    kinds = [
+        {},
+        {"model": "claude-opus-4-1", "provider": "anthropic"},
+        {"model": "gpt-4.5", "input_usd_per_mtok": "75"},
+        {"feature": "search"},
+        {"reasoning_tokens": 10, "feature": "search"},
+        {"provider": "google", "model": "gemini-2.5-pro", "reasoning_tokens": 5},
+    ]
+    evs = [event("0.07", when=at(1) + timedelta(hours=i), **kinds[(i * 7) % 6]) for i in range(600)]
+    same(pol, evs, "acme")
+    rater = rate_customer_fast(PolicyEngine(pol), "acme", evs, through="2026-03")
+    assert {line.cost_class for line in rater.invoices[-1].lines} == {
+        "base", "premium", "pricey", "search", "think", "gemini"}

@@ -83,6 +83,9 @@ def test_unpriced_event_is_held_not_sent_as_zero() -> None:
     sink = LagoSink("lago", "http://x", None, mode="price")
     held = sink.prepare(make_event(1, priced=False))
     assert isinstance(held, Hold) and held.reason == "waiting_for_price"
+    # even an amount_for that would bill something (a policy's flat fee) does not bill it yet
+    flat = LagoSink("lago", "http://x", None, mode="price", amount_for=lambda e: Decimal("0.5"))
+    assert isinstance(flat.prepare(make_event(1, priced=False)), Hold)
     assert isinstance(sink.prepare(make_event(2, customer=None)), Hold)
     # token mode needs no price: it sends the tokens
     assert not isinstance(LagoSink("lago", "http://x", None).prepare(make_event(3, priced=False)), Hold)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,16 @@ from ledger.helpers import make_event
 from .fakes import FakeBilling, Fault
 
 FAST = RetryPolicy(base_s=0.001, max_s=0.01, max_attempts=6)
+
+
+@pytest.fixture
+def sqlite_only(tmp_path: Path) -> Iterator[SQLLedger]:
+    """For timing-driven tests whose subject is the outbox, not the backend."""
+    from jevons.ledger.database import sqlite_ledger
+
+    led = sqlite_ledger(tmp_path / "ledger.db")
+    yield led
+    led.close()
 
 
 @pytest.fixture
@@ -53,7 +64,8 @@ def test_retry_after_is_honoured(ledger: SQLLedger, fake: FakeBilling) -> None:
     assert waits[0] >= 7 and waits[1] >= 1  # the backoff alone would be ~1 ms
 
 
-def test_retry_after_really_waits(ledger: SQLLedger, fake: FakeBilling) -> None:
+def test_retry_after_really_waits(sqlite_only: SQLLedger, fake: FakeBilling) -> None:
+    ledger = sqlite_only
     _fill(ledger, 5)
     fake.state.faults.append(Fault("429", retry_after="1"))
     Outbox(ledger, {"lago": _lago(fake)}, retry=FAST).drain("lago")
@@ -122,7 +134,8 @@ def test_refused_batch_without_details_is_bisected(ledger: SQLLedger, fake: Fake
     assert {k.split("|")[1] for k in fake.keys} == keys - {poisoned}
 
 
-def test_slow_server_and_time_limit_resume_without_loss(ledger: SQLLedger, fake: FakeBilling) -> None:
+def test_slow_server_and_time_limit_resume_without_loss(sqlite_only: SQLLedger, fake: FakeBilling) -> None:
+    ledger = sqlite_only
     keys = _fill(ledger, 600)
     fake.state.delay_s = 0.25  # per request: 6 chunks of 100 take 1.5 s
     box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST, fetch_size=100)

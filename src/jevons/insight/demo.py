@@ -78,7 +78,8 @@ def _check_sdks() -> None:
 
 
 def make_customers(count: int, rng: random.Random) -> list[DemoCustomer]:
-    """A heavy-tailed mix: lognormal tasks per month, two power users at the top."""
+    """A heavy-tailed mix: lognormal tasks per month, two power users at the top and one heavy
+    user on its way there."""
     out: list[DemoCustomer] = []
     counts = [round(count * share) for _, share in PLANS]
     counts[0] += count - sum(counts)
@@ -108,6 +109,10 @@ def make_customers(count: int, rng: random.Random) -> list[DemoCustomer]:
         c.tasks, c.premium_share, c.agent_share, c.max_steps, c.retry_rate = tasks, 0.7, 0.9, 14, 0.12
         c.context_scale = 1.5
         c.power_user = True
+    # and a heavy (not yet power) user: the next starter customer by usage, drifting to premium
+    heavy = max((c for c in out if c.plan == "starter" and not c.power_user), key=lambda c: c.tasks)
+    heavy.tasks, heavy.premium_share, heavy.agent_share, heavy.max_steps = 48, 0.45, 0.8, 10
+    heavy.context_scale = 2.0
     return out
 
 
@@ -297,7 +302,7 @@ def run_demo(
             reports[name] = build_margin_report(events, demo_policy(name, people), by="customer")
     out_dir.mkdir(parents=True, exist_ok=True)
     _summary_table(reports, con)
-    print_margin_report(reports["flat"], con)
+    print_margin_report(reports["flat"], con, limit=8)
     for name, rep in reports.items():
         files.append(write_margin_html(rep, out_dir / f"margin-{name}.html"))
 

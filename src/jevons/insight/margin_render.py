@@ -90,13 +90,17 @@ FLAGGED_HEADER = (
 )
 
 
-def print_margin_report(report: MarginReport, console: Console) -> None:
+def print_margin_report(report: MarginReport, console: Console, *, limit: int | None = None) -> None:
+    """Rich tables; ``limit`` shows only the worst-margin groups (the total covers all)."""
     t = Table(title=f"Margin {report.period} by {report.by} — policy {report.policy}")
     for h in GROUP_HEADER:
         t.add_column(h, justify="left" if h == "group" else "right")
-    for row in group_rows(report):
+    rows = group_rows(report)
+    for row in rows[:limit] if limit is not None else rows:
         style = "red" if row[3].startswith("-") else None
         t.add_row(*row, style=style)
+    if limit is not None and len(rows) > limit:
+        t.add_row(f"… {len(rows) - limit} more", *[""] * (len(GROUP_HEADER) - 1), style="dim")
     total_pct = None if report.revenue == 0 else report.margin / report.revenue
     t.add_section()
     t.add_row(

@@ -82,4 +82,5 @@ def open_store(settings: Settings | None = None) -> EventStore:
         durability=cfg.durability,
         flush_interval_ms=cfg.flush_interval_ms,
         recent_keys=cfg.recent_keys,
+        reopen=lambda: open_ledger(settings),
     )

@@ -34,6 +34,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -110,6 +111,19 @@ def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Path | None = 
     return stored
 
 
+_ORPHANED_CONNECTIONS: list[SQLLedger] = []
+
+
+def _after_fork(ref: weakref.ref[JournaledStore]) -> None:
+    store = ref()
+    if store is not None and not store._closed:
+        try:
+            store._restart_in_child()
+        except Exception as exc:  # the child must still start; appends will raise and be counted
+            log.error("jevons ledger: could not reopen the ledger after fork: %s", exc)
+            store._closed = True
+
+
 class JournaledStore:
     """``EventStore`` with a microsecond ``append``: see the module docstring."""
 
@@ -123,8 +137,10 @@ class JournaledStore:
         recent_keys: int = 100_000,
         rotate_bytes: int = 64 << 20,
         on_error: Callable[[BaseException], None] | None = None,
+        reopen: Callable[[], SQLLedger] | None = None,
     ) -> None:
         self.ledger = ledger
+        self._reopen = reopen
         self.directory = directory
         self.durability = durability
         self._interval = max(flush_interval_ms, 0.1) / 1000.0
@@ -155,6 +171,34 @@ class JournaledStore:
             self._open_log()
         self._stats["recovered"] = recover_journals(ledger, directory, skip=self._path)
         self._last_recovery = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="jevons-ledger-drain", daemon=True)
+        self._thread.start()
+        if reopen is not None:
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def _restart_in_child(self) -> None:
+        """After ``fork``: the child gets its own log, database connections and drain thread.
+
+        The parent's log stays the parent's (closing the child's copy of the descriptor keeps
+        the parent's ``flock``); the parent's connections are kept referenced but never used or
+        closed here, since closing a shared socket would break the parent's session."""
+        assert self._reopen is not None
+        _ORPHANED_CONNECTIONS.append(self.ledger)
+        for fd in (self._fd, self._read_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._read_fd = -1
+        self._lock = threading.Lock()
+        self._drained_cond = threading.Condition()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._memory = []
+        self._written = self._drained = self._base = 0
+        self.ledger = self._reopen()
+        if self.durability != "fast":
+            self._open_log()
         self._thread = threading.Thread(target=self._run, name="jevons-ledger-drain", daemon=True)
         self._thread.start()
 

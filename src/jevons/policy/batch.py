@@ -132,9 +132,11 @@ def _list_charge(pc: PlanClass, agg: _Agg, cost: Decimal) -> Decimal:
 class _FastPeriod:
     """Rates one period's events (time-ordered) into ``rater``'s open state."""
 
-    def __init__(self, rater: CustomerRater, events: Sequence[Event]) -> None:
+    def __init__(self, rater: CustomerRater, events: Sequence[Event],
+                 times: list[datetime] | None = None) -> None:
         self.rater = rater
         self.events = events
+        self.times = times if times is not None else [e.timestamp for e in events]
         st = rater.state
         assert st is not None
         self.st: CustomerState = st
@@ -144,7 +146,7 @@ class _FastPeriod:
     def prepare(self) -> list[_Run]:
         rater, events = self.rater, self.events
         segs = rater.segments(self.st.period)
-        times = [e.timestamp for e in events]
+        times = self.times
         cuts: set[datetime] = {s.start for s in segs}
         for g in rater.grants:
             cuts.add(g.effective)
@@ -227,14 +229,21 @@ class _FastPeriod:
             columns.append((reas > 0).tolist())
         if any(c.min_input_usd_per_mtok is not None for c in crit):
             columns.append([tuple((ln.dimension, ln.usd_per_token) for ln in c.lines) for c in costs])
-        keys: list[Any] = (columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))) \
-            if columns else [None] * n
         names = list(plan.classes)
-        class_of: dict[Any, int] = {}
-        for j, key in enumerate(keys):
-            if key not in class_of:
-                class_of[key] = names.index(event_class(events[j], pol))
-        cls_idx = np.array(list(map(class_of.__getitem__, keys)), dtype=np.int64)
+        # factorise each attribute column to small ints, combine, classify one event per combo
+        combo = np.zeros(n, dtype=np.int64)
+        seen = 1  # combo values are below this
+        for values in columns:
+            ids = {v: i for i, v in enumerate(dict.fromkeys(values))}
+            if seen * len(ids) >= 2**62:  # keep the combined code within int64
+                uniq, combo = np.unique(combo, return_inverse=True)
+                combo, seen = combo.reshape(-1).astype(np.int64), len(uniq)
+            combo = combo * len(ids) + np.fromiter(map(ids.__getitem__, values), np.int64, n)
+            seen *= len(ids)
+        _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+        per_combo = np.array([names.index(event_class(events[int(j)], pol)) for j in first],
+                             dtype=np.int64)
+        cls_idx = per_combo[inverse.reshape(-1)]
         # kind flags: event floor binds (fb), percent discount stopped by the floor (db),
         # zero allowance measure (zm) -- what keeps the aggregates exact
         code = cls_idx * 8
@@ -248,7 +257,9 @@ class _FastPeriod:
             fb = np.zeros(where.size, dtype=bool)
             db = np.zeros(where.size, dtype=bool)
             if m:
-                cost_c = [totals_usd[j] for j in where.tolist()]
+                picked = where.tolist()
+                cost_c = [totals_usd[j] for j in picked] if len(picked) < 2 else list(
+                    itemgetter(*picked)(totals_usd))
                 if pc.mode == "token":
                     nums, scale = R.token_list_numerators(
                         {d: buckets[d][where] for d in _BUCKETS}, pc.usd_per_mtok)
@@ -420,22 +431,22 @@ def _rate_customer_fast(
         ordered = sorted(events, key=lambda e: (e.timestamp, e.id))
         times = [e.timestamp for e in ordered]
     rater = engine.rater(customer)
-    by_period: dict[str, list[Event]] = {}
+    by_period: dict[str, tuple[list[Event], list[datetime]]] = {}
     i = 0
     while i < len(ordered):
         period = period_of(times[i])
         j = bisect_left(times, period_bounds(period)[1], i)
-        by_period[period] = ordered[i:j]
+        by_period[period] = (ordered[i:j], times[i:j])
         i = j
     for period in sorted(by_period):
-        evs = by_period[period]
+        evs, evs_times = by_period[period]
         rater.start(evs[0].timestamp)
         assert rater.state is not None
         if period < rater.state.period:
             raise RatingError(f"events of {period} come after {rater.state.period} was closed")
         with R.rating_context():
             rater.advance_to(period)
-        _FastPeriod(rater, evs).rate()
+        _FastPeriod(rater, evs, evs_times).rate()
     if through is not None:
         if rater.state is None:
             rater.start(period_bounds(through)[0])

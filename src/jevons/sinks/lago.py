@@ -121,7 +121,8 @@ class LagoSink(HttpSink):
             common["run_id"] = event.run_id
         ts = lago_timestamp(event)
         if self.mode == "price":
-            amount = self.amount_for(event)
+            # never bill an unpriced call, whatever amount_for would say: it waits for a price
+            amount = None if event.cost.total_usd is None else self.amount_for(event)
             if amount is None:
                 return Hold("waiting_for_price", f"{event.model_requested}: unpriced")
             props = dict(common)
