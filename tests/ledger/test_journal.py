@@ -258,3 +258,26 @@ def test_a_forked_child_gets_its_own_log_and_connections(
     keys = {e.idempotency_key for e in store.query()}
     assert keys == {"parent-0", "parent-1"} | {f"child-{i}" for i in range(20)}
     store.close()
+
+
+def test_sync_mode_never_hangs_on_a_dead_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jevons.ledger.database import LedgerError
+
+    led = sqlite_ledger(tmp_path / "l.db")
+    real = led.insert_rows
+    down = {"on": True}
+
+    def maybe(rows):  # type: ignore[no-untyped-def]
+        if down["on"]:
+            raise RuntimeError("database is down")
+        return real(rows)
+
+    monkeypatch.setattr(led, "insert_rows", maybe)
+    store = JournaledStore(led, tmp_path / "j", durability="sync", flush_interval_ms=1)
+    store.sync_timeout_s = 0.3
+    with pytest.raises(LedgerError, match="kept in the append log"):
+        store.append(make_event(1, key="during-outage"))
+    down["on"] = False
+    assert store.flush(timeout=30)
+    assert [e.idempotency_key for e in led.query()] == ["during-outage"]
+    store.close()

@@ -118,7 +118,7 @@ def test_sigkill_while_recording_with_the_sink_down(
     store.close()
     with FakeBilling(port) as fake:  # the sink is back
         box = open_outbox(settings)
-        box.retry = RetryPolicy(base_s=0.01, max_attempts=5)
+        box.retries["lago"] = RetryPolicy(base_s=0.01, max_attempts=5)
         report = box.drain("lago")
         box.close()
         stored = box.ledger.query()

@@ -122,7 +122,8 @@ def test_sinks_from_config_take_secrets_from_the_environment(
         build_sinks(load_settings(cfg), only="nope")
     # a failing drain records its error, never the secret
     box = open_outbox(load_settings(cfg), only="lago")
-    box.retry = RetryPolicy(base_s=0, max_attempts=1)
+    assert box.retries["lago"].max_attempts == 8  # from the config (default)
+    box.retries["lago"] = RetryPolicy(base_s=0, max_attempts=1)
     box.ledger.append(make_event(1))
     assert box.drain("lago").stopped
     assert "connection error" in (box.ledger.sink_state("lago").last_error or "")

@@ -191,3 +191,23 @@ def test_drain_throughput_is_reported(ledger: SQLLedger, fake: FakeBilling) -> N
         "lago", progress=lambda d, n: seen.append((d, n))
     )
     assert report.delivered == 1200 and seen[-1] == (1200, 1200) and time.monotonic() > t
+
+
+def test_a_sink_bug_is_retried_then_reported_not_raised(sqlite_only: SQLLedger) -> None:
+    class Broken:
+        name = "broken"
+        max_batch = 10
+
+        def prepare(self, event: object) -> list[dict[str, object]]:
+            return [{"k": 1}]
+
+        def send(self, records: object) -> None:
+            raise KeyError("authentication_token")
+
+        def close(self) -> None:
+            return None
+
+    _fill(sqlite_only, 3)
+    report = Outbox(sqlite_only, {"broken": Broken()}, retry=FAST).drain("broken")
+    assert report.stopped and "KeyError" in report.stopped and report.retries == FAST.max_attempts
+    assert sqlite_only.sink_state("broken").position == 0  # nothing skipped

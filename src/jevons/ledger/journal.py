@@ -43,7 +43,7 @@ from typing import Literal
 from jevons.events import Event
 from jevons.ledger.base import EventQuery
 from jevons.ledger.codec import IndexRow, decode_index, encode_event
-from jevons.ledger.database import SQLLedger
+from jevons.ledger.database import LedgerError, SQLLedger
 
 __all__ = ["Durability", "JournaledStore", "recover_journals"]
 
@@ -141,6 +141,7 @@ class JournaledStore:
     ) -> None:
         self.ledger = ledger
         self._reopen = reopen
+        self.sync_timeout_s = 10.0
         self.directory = directory
         self.durability = durability
         self._interval = max(flush_interval_ms, 0.1) / 1000.0
@@ -239,7 +240,7 @@ class JournaledStore:
             self._stats["appended"] += 1
             target = self._written
         if self.durability == "sync":
-            self._wait_drained(target, timeout=None)
+            self._wait_committed(target)
         return True
 
     def append_many(self, events: Iterable[Event]) -> int:
@@ -273,7 +274,7 @@ class JournaledStore:
             self._stats["appended"] += len(lines)
             target = self._written
         if self.durability == "sync":
-            self._wait_drained(target, timeout=None)
+            self._wait_committed(target)
         return len(lines)
 
     def query(self, q: EventQuery | None = None) -> list[Event]:
@@ -315,6 +316,14 @@ class JournaledStore:
         return out
 
     # -- the drain ------------------------------------------------------------------------
+    def _wait_committed(self, target: int) -> None:
+        """``sync`` mode: wait for the commit, but never hang the caller on a dead database."""
+        if not self._wait_drained(target, timeout=self.sync_timeout_s):
+            raise LedgerError(
+                f"not committed within {self.sync_timeout_s:g}s ({self.last_error or 'database slow'}); "
+                "the event is kept in the append log and will be stored when the database is back"
+            )
+
     def _wait_drained(self, target: int, timeout: float | None) -> bool:
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -116,16 +116,19 @@ def build_sinks(settings: Settings, *, amount_for: AmountFor | None = None,
 
 def open_outbox(settings: Settings | None = None, *, amount_for: AmountFor | None = None,
                 only: str | None = None) -> Outbox:
-    """The ledger and the configured sinks, with the retry policy of each sink's config."""
+    """The ledger and the configured sinks, each with the retry policy of its config table.
+
+    ``amount_for`` (USD charge of one event) feeds Lago price mode; the policy engine passes
+    its own (``PolicyRuntime.amount_for``), the default is ``cost x [billing] markup``."""
     from jevons.config import load_settings
     from jevons.ledger import open_ledger
     from jevons.sinks.outbox import Outbox, RetryPolicy
 
     settings = settings or load_settings()
     sinks = build_sinks(settings, amount_for=amount_for, only=only)
-    policy = RetryPolicy()
-    if sinks:
-        first = settings.sinks[next(iter(sinks))]
-        policy = RetryPolicy(base_s=first.backoff_base_seconds, max_s=first.backoff_max_seconds,
-                             max_attempts=first.max_attempts)
-    return Outbox(open_ledger(settings), sinks, retry=policy)
+    retries = {
+        name: RetryPolicy(base_s=cfg.backoff_base_seconds, max_s=cfg.backoff_max_seconds,
+                          max_attempts=cfg.max_attempts)
+        for name, cfg in settings.sinks.items() if name in sinks
+    }
+    return Outbox(open_ledger(settings), sinks, retries=retries)

@@ -99,6 +99,7 @@ class Outbox:
         sinks: Mapping[str, Sink],
         *,
         retry: RetryPolicy | None = None,
+        retries: Mapping[str, RetryPolicy] | None = None,
         fetch_size: int = 2000,
         concurrency: int = 4,
         sleep: Callable[[float], None] = time.sleep,
@@ -108,6 +109,7 @@ class Outbox:
         self.ledger = ledger
         self.sinks = dict(sinks)
         self.retry = retry or RetryPolicy()
+        self.retries: dict[str, RetryPolicy] = dict(retries or {})
         self.fetch_size = fetch_size
         self.concurrency = max(1, concurrency)
         self._report_lock = threading.Lock()
@@ -126,19 +128,25 @@ class Outbox:
     # -- sending --------------------------------------------------------------------------
     def _send_with_retry(self, sink: Sink, records: Sequence[Record], report: DrainReport,
                          deadline: float | None) -> None:
+        policy = self.retries.get(sink.name, self.retry)
         attempt = 0
         while True:
             attempt += 1
             try:
-                sink.send(records)
+                try:
+                    sink.send(records)
+                except (TransientError, SinkUnavailable, RejectedError):
+                    raise
+                except Exception as exc:  # a sink bug or an odd answer: retried, then reported
+                    raise TransientError(f"{type(exc).__name__}: {exc}") from exc
                 return
             except TransientError as exc:
                 with self._report_lock:
                     report.retries += 1
                 msg = str(exc)
-                if attempt >= self.retry.max_attempts:
+                if attempt >= policy.max_attempts:
                     raise _Stop(f"{msg} (gave up after {attempt} attempts)") from exc
-                wait = self.retry.delay(attempt, exc.retry_after, self._rng)
+                wait = policy.delay(attempt, exc.retry_after, self._rng)
                 if deadline is not None and time.monotonic() + wait > deadline:
                     raise _Stop(f"{msg} (deadline reached)") from exc
                 log.info("jevons sink %s: %s; retrying in %.2fs", sink.name, msg, wait)
