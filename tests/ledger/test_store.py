@@ -80,7 +80,7 @@ def test_unpriced_and_reprice_keep_the_old_cost(ledger: SQLLedger) -> None:
 
 
 def test_migrations_are_versioned_and_reusable_by_other_components(ledger: SQLLedger) -> None:
-    assert ledger.schema_versions()["ledger"] == 1
+    assert ledger.schema_versions()["ledger"] == 2
     assert ledger.ensure_schema("ledger", ()) == []
     wallet = (
         Migration(1, "wallets", "CREATE TABLE {p}wallets (customer TEXT PRIMARY KEY, balance TEXT NOT NULL)"),
@@ -89,7 +89,7 @@ def test_migrations_are_versioned_and_reusable_by_other_components(ledger: SQLLe
     assert ledger.ensure_schema("policy_test", wallet[:1]) == [1]
     assert ledger.ensure_schema("policy_test", wallet) == [2]
     assert ledger.ensure_schema("policy_test", wallet) == []
-    assert ledger.schema_versions() == {"ledger": 1, "policy_test": 2}
+    assert ledger.schema_versions() == {"ledger": 2, "policy_test": 2}
 
 
 def test_sequence_order_is_insert_order(ledger: SQLLedger) -> None:

@@ -13,7 +13,6 @@ import pytest
 import yaml
 from openapi_schema_validator import OAS31Validator
 
-from conftest import SHARED_DATA
 from jevons.ledger.database import SQLLedger
 from jevons.prices.cost import Cost
 from jevons.sinks.base import Hold
@@ -23,6 +22,10 @@ from jevons.usage import Usage
 from ledger.helpers import make_event
 
 from .fakes import FakeBilling
+
+# computed here: ``from conftest import ...`` picks up whichever conftest module was imported
+# first under that name when the whole suite runs
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @cache

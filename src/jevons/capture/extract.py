@@ -179,17 +179,40 @@ class _AttrView(Mapping[str, Any]):
         return sum(1 for _ in self)
 
 
+_MAPPING, _PYDANTIC, _OBJECT = 0, 1, 2
+_KINDS: dict[type, int] = {dict: _MAPPING}  # type -> how fields_of reads it
+
+
+def _kind_of(klass: type) -> int:
+    if issubclass(klass, Mapping):
+        kind = _MAPPING
+    elif hasattr(klass, "__pydantic_fields__"):
+        kind = _PYDANTIC
+    else:
+        kind = _OBJECT
+    if len(_KINDS) < 4096:
+        _KINDS[klass] = kind
+    return kind
+
+
 def fields_of(obj: Any) -> Mapping[str, Any]:
     """A read-only mapping of ``obj``'s fields (dict, pydantic model or plain object), to read
-    many fields of one block cheaply with ``.get(name)``; ``{}`` for ``None``."""
+    many fields of one block cheaply with ``.get(name)``; ``{}`` for ``None``.
+
+    The kind of each type is remembered: an ``isinstance(obj, Mapping)`` per block would run
+    the ABC machinery on every call of the hot path."""
     if obj is None:
         return _NO_FIELDS
-    if type(obj) is dict or isinstance(obj, Mapping):
-        return obj
-    if hasattr(type(obj), "__pydantic_fields__"):
+    klass = type(obj)
+    kind = _KINDS.get(klass)
+    if kind is None:
+        kind = _kind_of(klass)
+    if kind == _PYDANTIC:
         state: dict[str, Any] = obj.__dict__
         extra = obj.__pydantic_extra__
         return {**state, **extra} if extra else state
+    if kind == _MAPPING:
+        return obj  # type: ignore[no-any-return]
     return _AttrView(obj)
 
 

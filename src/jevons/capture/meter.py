@@ -70,9 +70,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture import attribution as _attr
-from jevons.capture.attribution import EMPTY, Attribution
+from jevons.capture.attribution import _CONTEXT, EMPTY, Attribution
 from jevons.capture.errors import JevonsEnforcement
-from jevons.capture.extract import Extracted, as_dict, get_extractor
+from jevons.capture.extract import _EXTRACTORS, Extracted, as_dict, get_extractor
 from jevons.capture.run import _RUN, Run
 from jevons.events import AttemptStatus, Event
 from jevons.ledger.base import EventQuery, EventStore, MemoryStore
@@ -164,7 +164,8 @@ class Call:
         if self.done:
             return None
         try:
-            extracted = get_extractor(self.extractor, self.api)(response, self.model)
+            extractor = _EXTRACTORS.get((self.extractor, self.api)) or get_extractor(self.extractor, self.api)
+            extracted = extractor(response, self.model)
         except Exception as exc:
             self.meter._error(exc, "extract")
             extracted = review_extracted(response)
@@ -176,11 +177,13 @@ class Call:
             return None
         self.done = True
         try:
-            self._failed_http_attempts()
-            if extracted.status in ("error", "aborted") and status == "ok":
+            attempts = self.http_attempts
+            if len(attempts) > 1:  # the SDK retried: the attempts before the last one failed
+                self._failed_http_attempts()
+            if extracted.status is not None and status == "ok" and extracted.status in ("error", "aborted"):
                 status = extracted.status  # type: ignore[assignment]
                 error = error or extracted.note
-            return self.meter._emit(self, extracted, status, self._attempt_no(), error)
+            return self.meter._emit(self, extracted, status, self.attempt_no or len(attempts) or 1, error)
         except Exception as exc:
             self.meter._error(exc, "adapter")
             return None
@@ -498,18 +501,27 @@ class Meter:
         ``None`` if jevons itself failed (the adapter then calls the provider unmetered)."""
         try:
             per_call = None
-            if kwargs is not None:
+            if kwargs is not None and (
+                "jevons" in kwargs or "jevons_customer" in kwargs or "jevons_feature" in kwargs
+                or "jevons_tags" in kwargs
+            ):
                 try:
                     per_call = _attr.pop_call_attribution(kwargs)
                 except Exception as exc:
                     for key in _attr.CALL_KWARGS:
                         kwargs.pop(key, None)
                     self._error(exc, "attribution")
-            attribution = client_attribution.over(_attr._CONTEXT.get()).over(self.default)
+            context = _CONTEXT.get()
+            default = self.default
+            if context is EMPTY and default is EMPTY:  # the common case: nothing to merge
+                attribution = client_attribution
+            else:
+                attribution = client_attribution.over(context).over(default)
             if per_call is not None:
                 attribution = per_call.over(attribution)
             run = _RUN.get()
-            model_name = model if isinstance(model, str) else ("" if model is None else str(model))
+            model_name = model if type(model) is str else (
+                "" if model is None else model if isinstance(model, str) else str(model))
             if self.guards:
                 self._run_guards(attribution, provider, model_name)
             step = run.next_step() if run is not None else None
@@ -563,9 +575,23 @@ class Meter:
     ) -> Event | None:
         usage = x.usage
         model = x.model or call.model
-        cost = self._price(call, model, usage, x)
+        complete = x.complete
+        if complete:  # _price without its incomplete-usage rules (inlined: the hot path)
+            tier = x.service_tier
+            try:
+                cost = self.book.cost(model, usage, provider=call.price_hint,
+                                      tier=tier if tier in _TIERS else None, region=x.region or call.region)
+            except Exception as exc:
+                self._error(exc, "price")
+                cost = unpriced_cost(model, provider=call.provider, note=f"pricing failed: {exc}")
+        else:
+            cost = self._price(call, model, usage, x)
         attribution = call.attribution
-        event_id = _IDS.next()
+        ids = _IDS
+        event_id = f"{ids.prefix}{next(ids.counter):012x}"
+        tags = attribution.tags
+        run = call.run
+        needs_review = x.needs_review
         event = Event(
             event_id,
             idempotency_key or event_id,
@@ -576,35 +602,50 @@ class Meter:
             cost,
             attribution.customer,
             attribution.feature,
-            dict(attribution.tags) if attribution.tags else {},
+            dict(tags) if tags else {},
             call.api,
-            call.run.run_id if call.run is not None else None,
+            None if run is None else run.run_id,
             call.step,
             attempt,
             status,
-            x.complete,
+            complete,
             x.gateway_cost_usd,
-            x.needs_review,
+            needs_review,
             x.raw_usage,
-            error if error is not None or not x.needs_review else x.note,
+            error if error is not None or not needs_review else x.note,
             x.region or call.region,
             x.service_tier,
         )
-        if call.run is not None:
-            call.run.add(event)
-        self._store_and_deliver(event, strict)
+        if run is not None:
+            run.add(event)
+        # store, then sinks (_store_and_deliver, inlined)
+        if self._backlog:
+            self._flush_backlog()
+        try:
+            self.store.append(event)
+        except Exception as exc:
+            with self._lock:
+                self._backlog.append(event)
+                self._counts["unstored"] += 1
+            self._error(exc, "store")
+        for sink in self.sinks:
+            try:
+                sink(event)
+            except Exception as exc:
+                self._error(exc, "sink")
         counts = self._counts
+        cost_status = cost.status
         with self._lock:
             counts["events"] += 1
             counts[status] += 1
             if attribution.customer is None:
                 counts["unattributed"] += 1
-            if x.needs_review:
+            if needs_review:
                 counts["needs_review"] += 1
-            if not x.complete:
+            if not complete:
                 counts["incomplete"] += 1
-            if cost.status != "priced":
-                counts[cost.status] += 1
+            if cost_status != "priced":
+                counts[cost_status] += 1
         return event
 
     def _store_and_deliver(self, event: Event, strict: bool) -> None:

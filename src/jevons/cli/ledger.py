@@ -8,12 +8,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from jevons.sinks.outbox import Outbox
 
 __all__ = ["parse_time", "register"]
 
@@ -74,6 +77,18 @@ def _progress() -> Progress:
     )
 
 
+def _open_outbox(sink: str | None) -> Outbox:
+    """The configured outbox; Lago price mode bills the policy's charge when ``[billing]
+    policy_file`` is set (``PolicyRuntime.amount_for``), else cost x ``[billing] markup``."""
+    from jevons.config import load_settings
+    from jevons.policy.runtime import runtime_from_settings
+    from jevons.sinks import open_outbox
+
+    settings = load_settings()
+    runtime = runtime_from_settings(settings)
+    return open_outbox(settings, only=sink, amount_for=runtime.amount_for if runtime else None)
+
+
 def register(app: typer.Typer) -> None:
     """Add this layer's commands to the top-level app."""
     outbox = typer.Typer(help="Deliveries of ledger events to billing sinks.", no_args_is_help=True)
@@ -118,11 +133,8 @@ def register(app: typer.Typer) -> None:
         max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
     ) -> None:
         """Deliver pending events now (progress bar on long drains)."""
-        from jevons.config import load_settings
-        from jevons.sinks import open_outbox
-
         with _errors():
-            box = open_outbox(load_settings(), only=sink)
+            box = _open_outbox(sink)
             failed = False
             try:
                 if not box.sinks:
@@ -158,13 +170,10 @@ def register(app: typer.Typer) -> None:
         sink: Annotated[str | None, typer.Option("--sink", help="Only this sink.")] = None,
     ) -> None:
         """Send dead-lettered events again (after fixing what the sink refused)."""
-        from jevons.config import load_settings
-        from jevons.sinks import open_outbox
-
         if not dead_letter:
             _fail("say what to replay: --dead-letter")
         with _errors():
-            box = open_outbox(load_settings(), only=sink)
+            box = _open_outbox(sink)
             failed = False
             try:
                 for name in box.sinks:

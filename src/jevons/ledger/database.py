@@ -23,20 +23,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import msgspec
+
 from jevons.events import Event
 from jevons.ledger.base import EventQuery
-from jevons.ledger.codec import IndexRow, decode_event, encode_event, index_row, ts_micros
+from jevons.ledger.codec import (
+    LAYOUT,
+    LAYOUT_SPEC,
+    ROW_COLUMNS,
+    IndexRow,
+    UnknownLayoutError,
+    decode_event,
+    encode_event,
+    index_row,
+    register_layout,
+    ts_micros,
+)
 from jevons.ledger.schema import LEDGER_MIGRATIONS, Dialect, Migration, now_us, render
 from jevons.prices.cost import Cost
 
 __all__ = ["LedgerError", "ParkedEvent", "SQLLedger", "SinkState", "postgres_ledger", "sqlite_ledger"]
 
 T = TypeVar("T")
+# SQLite 3.38 brought the ->> operator (and JSON built in by default)
+_SQLITE_JSON_ARROW = sqlite3.sqlite_version_info >= (3, 38, 0)
+_batch_encoder = msgspec.json.Encoder()
+_JSON_CHUNK = 256
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_EVENT_COLS = (
-    "idempotency_key, event_id, ts_us, customer, run_id, model, model_requested, status, "
-    "cost_status, total_usd, price_version, body"
-)
+_EVENT_COLS = ", ".join(ROW_COLUMNS)
 
 
 class LedgerError(RuntimeError):
@@ -245,6 +259,36 @@ class SQLLedger:
     def __init__(self, backend: _Backend) -> None:
         self._b = backend
         self.ensure_schema("ledger", LEDGER_MIGRATIONS)
+        self._record_layout()
+
+    # -- stored-form layouts --------------------------------------------------------------
+    def _record_layout(self) -> None:
+        """Record this process's stored-form layout before writing anything with it, so that
+        every other process (and version) can read what it writes; load the others."""
+        b = self._b
+
+        def run(cur: _Cursor) -> None:
+            cur.execute(
+                b.q("INSERT INTO {p}body_layouts (layout, spec, recorded_at_us) VALUES (?, ?, ?) "
+                    "ON CONFLICT (layout) DO NOTHING"),
+                (LAYOUT, LAYOUT_SPEC, now_us()),
+            )
+
+        b.write(run)
+        self.load_layouts()
+
+    def load_layouts(self) -> None:
+        """Make every layout recorded in this ledger readable in this process."""
+        for layout, spec in self._b.read("SELECT layout, spec FROM {p}body_layouts"):
+            register_layout(str(layout), str(spec))
+
+    def decode(self, body: str | bytes) -> Event:
+        """An event from its stored body (any version or layout this ledger has seen)."""
+        try:
+            return decode_event(body)
+        except UnknownLayoutError:
+            self.load_layouts()  # written by a process that started after we loaded them
+            return decode_event(body)
 
     # -- schema ---------------------------------------------------------------------------
     @property
@@ -308,8 +352,28 @@ class SQLLedger:
             return 0
         b = self._b
         if b.dialect == "sqlite":
+            if _SQLITE_JSON_ARROW:
+                # the whole batch as one JSON parameter, unpacked by SQLite itself: one
+                # statement step for all rows, which runs without the GIL (executemany binds
+                # every row in Python and hands the GIL back and forth per row, slowing down
+                # the thread that is appending at the same time)
+                picks = ", ".join(f"value ->> {i}" for i in range(len(ROW_COLUMNS)))
+                sql = b.q(
+                    f"INSERT INTO {{p}}events ({_EVENT_COLS}) SELECT {picks} FROM json_each(?) "
+                    "WHERE true ON CONFLICT (idempotency_key) DO NOTHING"
+                )
+
+                def ins_json(cur: _Cursor) -> int:
+                    before = _total_changes(cur)
+                    # a statement per few hundred rows: encoding the parameter holds the GIL
+                    # (~0.7 us a row), so a long batch in one piece would stall the appenders
+                    for i in range(0, len(rows), _JSON_CHUNK):
+                        cur.execute(sql, (_batch_encoder.encode(rows[i : i + _JSON_CHUNK]).decode(),))
+                    return _total_changes(cur) - before
+
+                return b.write(ins_json)
             sql = b.q(
-                f"INSERT INTO {{p}}events ({_EVENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO {{p}}events ({_EVENT_COLS}) VALUES ({','.join('?' * len(ROW_COLUMNS))}) "
                 "ON CONFLICT (idempotency_key) DO NOTHING"
             )
 
@@ -320,13 +384,12 @@ class SQLLedger:
 
             return b.write(ins_sqlite)
         stage = (
-            "CREATE TEMP TABLE IF NOT EXISTS jevons_stage (idempotency_key text, event_id text, "
-            "ts_us bigint, customer text, run_id text, model text, model_requested text, "
-            "status text, cost_status text, total_usd text, price_version text, body text) "
-            "ON COMMIT DELETE ROWS"
+            "CREATE TEMP TABLE IF NOT EXISTS jevons_stage_v2 (idempotency_key text, ts_us bigint, "
+            "customer text, run_id text, model text, model_requested text, status text, "
+            "cost_status text, body text) ON COMMIT DELETE ROWS"
         )
         move = (
-            f"INSERT INTO {b.prefix}events ({_EVENT_COLS}) SELECT {_EVENT_COLS} FROM jevons_stage "
+            f"INSERT INTO {b.prefix}events ({_EVENT_COLS}) SELECT {_EVENT_COLS} FROM jevons_stage_v2 "
             "ORDER BY ts_us ON CONFLICT (idempotency_key) DO NOTHING"
         )
 
@@ -334,7 +397,7 @@ class SQLLedger:
             # COPY into a session-local stage table, then one INSERT .. ON CONFLICT: the
             # fastest path psycopg offers (~5x an unnest of arrays)
             cur.execute(stage)
-            with cur.copy(f"COPY jevons_stage ({_EVENT_COLS}) FROM STDIN") as cp:  # type: ignore[attr-defined]
+            with cur.copy(f"COPY jevons_stage_v2 ({_EVENT_COLS}) FROM STDIN") as cp:  # type: ignore[attr-defined]
                 for row in rows:
                     cp.write_row(row)
             b.lock_inserts(cur)
@@ -387,7 +450,7 @@ class SQLLedger:
         if q is not None and q.limit is not None:
             sql += " LIMIT ?"
             params.append(int(q.limit))
-        return [(int(r[0]), decode_event(r[1])) for r in self._b.read(sql, params)]
+        return [(int(r[0]), self.decode(r[1])) for r in self._b.read(sql, params)]
 
     def count(self, q: EventQuery | None = None) -> int:
         where, params = self._where(q)
@@ -400,7 +463,7 @@ class SQLLedger:
         rows = self._b.read(
             "SELECT seq, body FROM {p}events WHERE seq > ? ORDER BY seq LIMIT ?", (position, limit)
         )
-        return [(int(r[0]), decode_event(r[1])) for r in rows]
+        return [(int(r[0]), self.decode(r[1])) for r in rows]
 
     def events_by_seq(self, seqs: Sequence[int]) -> list[tuple[int, Event]]:
         out: list[tuple[int, Event]] = []
@@ -410,7 +473,7 @@ class SQLLedger:
             rows = self._b.read(
                 f"SELECT seq, body FROM {{p}}events WHERE seq IN ({marks}) ORDER BY seq", chunk
             )
-            out += [(int(r[0]), decode_event(r[1])) for r in rows]
+            out += [(int(r[0]), self.decode(r[1])) for r in rows]
         return out
 
     def unpriced(self, limit: int | None = None, *, after: int = 0) -> list[tuple[int, Event]]:
@@ -420,7 +483,7 @@ class SQLLedger:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [(int(r[0]), decode_event(r[1])) for r in self._b.read(sql, params)]
+        return [(int(r[0]), self.decode(r[1])) for r in self._b.read(sql, params)]
 
     def iter_all(self, batch: int = 5000) -> Iterator[tuple[int, Event]]:
         pos = 0
@@ -445,7 +508,7 @@ class SQLLedger:
                 row = cur.fetchone()
                 if row is None:
                     continue
-                old = decode_event(row[0])
+                old = self.decode(row[0])
                 new = old.with_cost(cost)
                 cur.execute(
                     b.q("INSERT INTO {p}cost_history (event_seq, replaced_at_us, old_cost, "
@@ -454,9 +517,8 @@ class SQLLedger:
                 )
                 ir = index_row(new)
                 cur.execute(
-                    b.q("UPDATE {p}events SET model = ?, cost_status = ?, total_usd = ?, "
-                        "price_version = ?, body = ? WHERE seq = ?"),
-                    (ir[5], ir[8], ir[9], ir[10], ir[11], seq),
+                    b.q("UPDATE {p}events SET model = ?, cost_status = ?, body = ? WHERE seq = ?"),
+                    (ir[4], ir[7], ir[8], seq),
                 )
                 n += 1
             return n
@@ -602,7 +664,7 @@ class SQLLedger:
             "AND e.seq > ? ORDER BY e.seq LIMIT ?",
             (sink, after, limit),
         )
-        return [(int(r[0]), decode_event(r[1])) for r in rows]
+        return [(int(r[0]), self.decode(r[1])) for r in rows]
 
     def pending(self, sink: str, position: int) -> tuple[int, int | None]:
         """(events after ``position``, timestamp in us of the oldest of them)."""

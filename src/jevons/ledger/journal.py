@@ -1,13 +1,19 @@
 """The hot-path store: a per-process append log drained into the database by a background thread.
 
-``append`` encodes the event (msgspec, ~3 us) and writes it as one line with a single
-``write(2)`` to this process's log file opened ``O_APPEND``. Once ``write`` returns, the bytes
-are in the kernel's page cache: they survive ``kill -9`` of the process (not a power loss or a
-kernel crash; see the durability modes below). A background thread reads the log and inserts
-what is new into the database in one transaction per batch (group commit), then forgets it.
-A process that finds another process's log whose owner is gone (the ``flock`` it held is free)
-drains that log and deletes it: the start-up recovery after a crash. Re-draining is harmless
-because the database keeps one event per idempotency key.
+``append`` encodes the event once into its stored form (``jevons.ledger.codec``, ~3 us) and
+writes it as one line with a single ``write(2)`` to this process's log file opened
+``O_APPEND``. Once ``write`` returns, the bytes are in the kernel's page cache: they survive
+``kill -9`` of the process (not a power loss or a kernel crash; see the durability modes below).
+The same bytes, with the few indexed columns read off the event object, are the database row;
+``append`` hands that row to a background thread, which inserts what is new in one transaction
+per batch (group commit). The drain therefore parses and encodes nothing, and the whole batch
+goes to SQLite as one statement, which runs without holding the GIL: the appending threads
+keep running while it commits. The log is only read back when rows were not kept in memory:
+when the database fell more than ``memory_rows_bytes`` (32 MB) behind (an outage), the rows are
+dropped from memory and the drain re-reads the log from the last committed offset until it has
+caught up. A process that finds another process's log whose owner is gone (the ``flock`` it
+held is free) drains that log and deletes it: the start-up recovery after a crash. Re-draining
+is harmless because the database keeps one event per idempotency key.
 
 Durability modes (``[ledger] durability``):
 
@@ -42,7 +48,7 @@ from typing import Literal
 
 from jevons.events import Event
 from jevons.ledger.base import EventQuery
-from jevons.ledger.codec import IndexRow, decode_index, encode_event
+from jevons.ledger.codec import IndexRow, UnknownLayoutError, decode_index, encode_event, index_row
 from jevons.ledger.database import LedgerError, SQLLedger
 
 __all__ = ["Durability", "JournaledStore", "recover_journals"]
@@ -54,7 +60,8 @@ _SUFFIX = ".jnl"
 _MAX_BATCH = 20_000
 
 
-def _parse_lines(data: bytes, source: Path, quarantine: Path) -> list[IndexRow]:
+def _parse_lines(data: bytes, source: Path, quarantine: Path, ledger: SQLLedger) -> list[IndexRow]:
+    """The database rows of the log lines in ``data`` (unreadable lines go to ``quarantine``)."""
     rows: list[IndexRow] = []
     for n, line in enumerate(data.split(b"\n")):
         if not line:
@@ -63,7 +70,12 @@ def _parse_lines(data: bytes, source: Path, quarantine: Path) -> list[IndexRow]:
             # give the GIL away: an appending thread must not wait a whole switch interval
             time.sleep(0)
         try:
-            rows.append(decode_index(line))
+            try:
+                rows.append(decode_index(line))
+            except UnknownLayoutError:
+                # written by a version whose layout was recorded after this process started
+                ledger.load_layouts()
+                rows.append(decode_index(line))
         except Exception as exc:  # a bad line must not stop the drain
             log.error("jevons ledger: unreadable line in %s quarantined: %s", source, exc)
             with open(quarantine, "ab") as fh:
@@ -100,7 +112,7 @@ def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Path | None = 
                 log.warning("jevons ledger: dropping %d unterminated bytes at the end of %s",
                             len(data) - cut, path)
                 data = data[:cut]
-            rows = _parse_lines(data, path, directory / "quarantine.jsonl")
+            rows = _parse_lines(data, path, directory / "quarantine.jsonl", ledger)
             for i in range(0, len(rows), _MAX_BATCH):
                 stored += ledger.insert_rows(rows[i : i + _MAX_BATCH])
             path.unlink(missing_ok=True)
@@ -136,6 +148,7 @@ class JournaledStore:
         flush_interval_ms: float = 5.0,
         recent_keys: int = 100_000,
         rotate_bytes: int = 64 << 20,
+        memory_rows_bytes: int = 32 << 20,
         on_error: Callable[[BaseException], None] | None = None,
         reopen: Callable[[], SQLLedger] | None = None,
     ) -> None:
@@ -155,12 +168,18 @@ class JournaledStore:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._drained_cond = threading.Condition()
-        # cumulative over log rotations: bytes (strict/sync) or events (fast) handed to the
+        # cumulative over log rotations: bytes (of log lines; none are written in fast mode) handed to the
         # log, and of those, committed to the database; the current file starts at _base
         self._written = 0
         self._drained = 0
         self._base = 0
-        self._memory: list[bytes] = []
+        # rows appended and not yet taken by the drain (in log order); rows taken and not yet
+        # committed; whether the rows were dropped from memory for the drain to re-read the log
+        self._row_cap_bytes = memory_rows_bytes
+        self._kept_bytes = 0
+        self._rows: list[IndexRow] = []
+        self._carry: list[IndexRow] = []
+        self._spilled = False
         self._stats = {"appended": 0, "duplicates": 0, "stored": 0, "db_duplicates": 0,
                        "drain_errors": 0, "recovered": 0}
         self.last_error: str | None = None
@@ -195,7 +214,10 @@ class JournaledStore:
         self._drained_cond = threading.Condition()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._memory = []
+        self._rows = []
+        self._kept_bytes = 0
+        self._carry = []
+        self._spilled = False
         self._written = self._drained = self._base = 0
         self.ledger = self._reopen()
         if self.durability != "fast":
@@ -214,9 +236,25 @@ class JournaledStore:
         self._base = self._written
 
     # -- EventStore -----------------------------------------------------------------------
+    def _keep(self, rows: list[IndexRow], size: int) -> None:
+        """Hand ``rows`` (just written to the log, in log order) to the drain; under the lock."""
+        if self._spilled:
+            return
+        if self.durability != "fast" and self._kept_bytes > self._row_cap_bytes:
+            # the database is slow or down: stop holding rows in memory, the drain reads
+            # them back from the log once it catches up
+            self._spilled = True
+            self._rows = []
+            self._kept_bytes = 0
+            return
+        self._rows += rows
+        self._kept_bytes += size
+
     def append(self, event: Event) -> bool:
         """Store ``event``; returns once it survives the death of this process (``strict``)."""
-        line = encode_event(event) + b"\n"
+        raw = encode_event(event)
+        row = index_row(event, raw)  # the database row, built once here: the drain re-encodes nothing
+        line = raw + b"\n"
         key = event.idempotency_key
         with self._lock:
             if self._closed:
@@ -224,15 +262,13 @@ class JournaledStore:
             if key in self._recent:
                 self._stats["duplicates"] += 1
                 return False
-            if self.durability == "fast":
-                self._memory.append(line)
-                self._written += 1
-            else:
+            if self.durability != "fast":
                 n = os.write(self._fd, line)
                 while n < len(line):  # a short write only happens on a full disk or a signal
                     line = line[n:]
                     n = os.write(self._fd, line)
-                self._written += len(line)
+            self._written += len(line)
+            self._keep([row], len(raw))
             self._recent.add(key)
             self._recent_order.append(key)
             if len(self._recent_order) > self._recent_max:
@@ -245,32 +281,33 @@ class JournaledStore:
 
     def append_many(self, events: Iterable[Event]) -> int:
         """Store several events with one ``write`` (and, in ``sync`` mode, one wait)."""
+        encoded = [(e, raw, index_row(e, raw)) for e in events for raw in (encode_event(e),)]
         lines: list[bytes] = []
+        rows: list[IndexRow] = []
         with self._lock:
             if self._closed:
                 raise RuntimeError("jevons ledger store is closed")
-            for event in events:
+            for event, raw, row in encoded:
                 key = event.idempotency_key
                 if key in self._recent:
                     self._stats["duplicates"] += 1
                     continue
-                lines.append(encode_event(event) + b"\n")
+                lines.append(raw)
+                rows.append(row)
                 self._recent.add(key)
                 self._recent_order.append(key)
             while len(self._recent_order) > self._recent_max:
                 self._recent.discard(self._recent_order.popleft())
             if not lines:
                 return 0
-            if self.durability == "fast":
-                self._memory.extend(lines)
-                self._written += len(lines)
-            else:
-                view = memoryview(b"".join(lines))
-                total = len(view)
+            data = b"\n".join(lines) + b"\n"
+            if self.durability != "fast":
+                view = memoryview(data)
                 while view:
                     n = os.write(self._fd, view)
                     view = view[n:]
-                self._written += total
+            self._written += len(data)
+            self._keep(rows, len(data))
             self._stats["appended"] += len(lines)
             target = self._written
         if self.durability == "sync":
@@ -338,29 +375,52 @@ class JournaledStore:
         return True
 
     def _drain_once(self) -> int:
-        """Commit what is new in the log; return the number of events read."""
-        if self.durability == "fast":
-            with self._lock:
-                batch, self._memory = self._memory, []
-                upto = self._written
-            rows = _parse_lines(b"".join(batch), Path("<memory>"), self.directory / "quarantine.jsonl")
-            self._commit(rows)
-            self._set_drained(upto)
-            return len(batch)
+        """Commit what was appended since the last drain; return the number of events read.
+
+        Normally the rows built by ``append`` are committed as they are (no parsing); after
+        a spill (the database fell behind by more than ``memory_rows_bytes`` of events) the log is read
+        back from the last committed offset instead, until the drain has caught up."""
         with self._lock:
             upto = self._written
-        size = upto - self._drained
-        if size <= 0:
+            spilled = self._spilled
+            taken: list[IndexRow] = []
+            if not spilled:
+                taken, self._rows = self._rows, []
+                self._kept_bytes = 0
+        if spilled:
+            self._carry = []  # the log holds those rows too, from the committed offset on
+            return self._drain_log(upto)
+        rows = self._carry + taken
+        if not rows:
             self._maybe_rotate()
             return 0
-        data = os.pread(self._read_fd, size, self._drained - self._base)
-        cut = data.rfind(b"\n") + 1  # whole lines only (always all of it: lines are written whole)
-        rows = _parse_lines(data[:cut], self._path or Path("?"), self.directory / "quarantine.jsonl")
+        self._carry = rows
         for i in range(0, len(rows), _MAX_BATCH):
             self._commit(rows[i : i + _MAX_BATCH])
-        self._set_drained(self._drained + cut)
-        self._maybe_rotate()
+            self._carry = rows[i + _MAX_BATCH :]  # what is left if the next chunk fails
+        self._set_drained(upto)
         return len(rows)
+
+    def _drain_log(self, upto: int) -> int:
+        """Commit the log from the committed offset up to ``upto``, parsing its lines."""
+        size = upto - self._drained
+        n = 0
+        if size > 0:
+            data = os.pread(self._read_fd, size, self._drained - self._base)
+            cut = data.rfind(b"\n") + 1  # whole lines only (always all of it: lines are written whole)
+            rows = _parse_lines(data[:cut], self._path or Path("?"),
+                                self.directory / "quarantine.jsonl", self.ledger)
+            for i in range(0, len(rows), _MAX_BATCH):
+                self._commit(rows[i : i + _MAX_BATCH])
+            n = len(rows)
+            with self._lock:
+                if self._drained + cut >= self._written:
+                    self._spilled = False  # caught up: appends hand their rows over again
+            self._set_drained(self._drained + cut)
+        else:
+            with self._lock:
+                self._spilled = self._drained < self._written
+        return n
 
     def _commit(self, rows: list[IndexRow]) -> None:
         if not rows:
@@ -373,6 +433,7 @@ class JournaledStore:
     def _set_drained(self, value: int) -> None:
         with self._drained_cond:
             self._drained = value
+            self._maybe_rotate()  # before waking waiters: a flushed store has rotated its log
             self._drained_cond.notify_all()
 
     def _maybe_rotate(self) -> None:

@@ -93,6 +93,24 @@ CREATE TABLE {p}sink_parked (
 );
 """,
     ),
+    Migration(
+        2,
+        "compact event rows: positional JSON bodies (layouts recorded), only queried columns",
+        # event_id, total_usd and price_version were copies of what the body holds and were
+        # never queried; every event row carried them (issue 4: rows are the write cost).
+        # Bodies written from now on are jevons.ledger.codec's positional form, whose field
+        # names per layout fingerprint live in body_layouts; version 1 bodies stay readable.
+        """
+ALTER TABLE {p}events DROP COLUMN event_id;
+ALTER TABLE {p}events DROP COLUMN total_usd;
+ALTER TABLE {p}events DROP COLUMN price_version;
+CREATE TABLE {p}body_layouts (
+    layout TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    recorded_at_us BIGINT NOT NULL
+);
+""",
+    ),
 )
 
 

@@ -24,13 +24,14 @@ from decimal import Decimal
 from typing import Any
 
 from jevons.capture.errors import CapReached
+from jevons.config import Settings
 from jevons.events import Event
 from jevons.policy.engine import Alert, CustomerRater, Grant, PolicyEngine, RatedEvent
 from jevons.policy.periods import period_of
 from jevons.policy.rules import rating_context
 from jevons.policy.store import PolicyStore, StoreTx
 
-__all__ = ["PolicyRuntime", "log_alert", "webhook_alert_hook"]
+__all__ = ["PolicyRuntime", "log_alert", "runtime_from_settings", "webhook_alert_hook"]
 
 log = logging.getLogger("jevons.policy")
 
@@ -155,3 +156,20 @@ class PolicyRuntime:
 
     def grant(self, grant: Grant) -> None:
         self.store.add_grant(grant)
+
+
+def runtime_from_settings(settings: Settings | None = None) -> PolicyRuntime | None:
+    """The real-time runtime of ``[billing] policy_file``, or ``None`` when no policy is set.
+
+    This is how configuration alone turns enforcement and policy-priced billing on: ``Meter()``
+    adds it as a sink and guard, and the outbox's Lago price mode bills its ``amount_for``.
+    """
+    from jevons.config import load_settings
+    from jevons.policy.loader import load_policies
+    from jevons.policy.store import open_policy_store
+
+    settings = settings or load_settings()
+    if not settings.billing.policy_file:
+        return None
+    policies = load_policies([settings.billing.policy_file])
+    return PolicyRuntime(PolicyEngine(policies), open_policy_store(settings))

@@ -198,43 +198,67 @@ def unpriced_cost(
     return Cost(model_requested, model, provider, "unpriced", None, notes=(note,))
 
 
-_Rates = dict[Dim, Decimal]
-# per bucket, in _BUCKETS order: (line name, rate or None, name of the fallback dim or None)
+# per bucket: (line name, rate or None, name of the fallback dim or None)
 _PlanRow = tuple[str, Decimal | None, str | None]
-_Plan = tuple[tuple[_PlanRow, ...], bool, _PlanRow]
+
+
+class _Plan:
+    """Everything about one (version, long-context tier) that does not depend on the usage:
+    per bucket the rate that prices it after the fallback chain, and the version's own fields
+    the Cost repeats. Built once per rate table; the hot path only multiplies."""
+
+    __slots__ = (
+        "distinct_reasoning", "model", "provider", "region", "request", "rows", "short_rows", "source",
+        "threshold", "tier", "tier_name", "version", "version_id",
+    )
+
+    def __init__(self, version: PriceVersion, tier: Tier | None) -> None:
+        rates = version.rates if tier is None else {**version.rates, **tier.rates}
+
+        def row(dim: Dim) -> _PlanRow:
+            for candidate in _CHAINS[dim]:
+                rate = rates.get(candidate)
+                if rate is not None:
+                    return dim.value, rate, None if candidate is dim else candidate.value
+            return dim.value, None, None
+
+        self.version = version
+        self.tier = tier
+        self.rows = tuple(row(d) for d in _BUCKETS)
+        # the buckets a plain text call can fill (input, cache read, output, reasoning), in
+        # _BUCKETS order: most calls skip the seven others with one test
+        self.short_rows = (self.rows[0], self.rows[1], self.rows[6], self.rows[7])
+        self.distinct_reasoning = Dim.REASONING in rates
+        self.request = row(Dim.REQUEST)
+        self.model = version.model
+        self.provider = version.provider
+        self.version_id = version.version_id
+        self.source = version.source
+        self.tier_name = _TIER_NAMES[version.service_tier]
+        self.region = version.region
+        self.threshold = None if tier is None else tier.above_input_tokens
+
+
 _BUCKETS = (
     Dim.INPUT, Dim.CACHE_READ, Dim.CACHE_WRITE_5M, Dim.CACHE_WRITE_1H, Dim.AUDIO_INPUT, Dim.IMAGE_INPUT,
     Dim.OUTPUT, Dim.REASONING, Dim.AUDIO_OUTPUT, Dim.IMAGE_OUTPUT, Dim.WEB_SEARCH,
 )
 _TIER_NAMES = {t: t.value for t in ServiceTier}
-# (id of base rates, id of tier rates) -> (plan, base, tier): identity-checked, see _plan
-_plans: dict[tuple[int, int], tuple[_Plan, _Rates, _Rates | None]] = {}
+# id(version) (base rates) or (id(version), id(tier)) -> plan; the plan holds both objects, so
+# an id cannot be reused while cached, and the hit is identity-checked anyway
+_plans: dict[object, _Plan] = {}
 _PLAN_CACHE_MAX = 4096
 
 
 def _plan(version: PriceVersion, tier: Tier | None) -> _Plan:
-    """Per bucket, the rate that prices it and the dimension it came from (after the fallback
-    chain), computed once per rate table: the hot path only multiplies. Keyed by the identity
-    of the rate dicts (held by the cache, so an id cannot be reused while cached)."""
-    base = version.rates
-    extra = tier.rates if tier is not None else None
-    key = (id(base), id(extra))
+    key: object = id(version) if tier is None else (id(version), id(tier))
     hit = _plans.get(key)
-    if hit is not None and hit[1] is base and hit[2] is extra:
-        return hit[0]
-    rates = base if extra is None else {**base, **extra}
-
-    def row(dim: Dim) -> _PlanRow:
-        for candidate in _CHAINS[dim]:
-            rate = rates.get(candidate)
-            if rate is not None:
-                return dim.value, rate, None if candidate is dim else candidate.value
-        return dim.value, None, None
-
-    plan: _Plan = (tuple(row(d) for d in _BUCKETS), Dim.REASONING in rates, row(Dim.REQUEST))
+    if hit is not None and hit.version is version and hit.tier is tier:
+        return hit
+    plan = _Plan(version, tier)
     if len(_plans) >= _PLAN_CACHE_MAX:
         _plans.clear()
-    _plans[key] = (plan, base, extra)
+    _plans[key] = plan
     return plan
 
 
@@ -249,39 +273,67 @@ def price_usage(
 ) -> Cost:
     """Price ``usage`` with ``version`` (long-context tier chosen by total input tokens)."""
     tier = version.tier_for(usage.input_tokens) if version.tiers else None
-    rows, distinct_reasoning, request = _plan(version, tier)
-    uncached = usage.uncached_input_tokens
-    audio_in = min(usage.audio_input_tokens, uncached)
-    image_in = min(usage.image_input_tokens, uncached - audio_in)
-    reasoning = usage.reasoning_tokens if distinct_reasoning else 0
+    plan = _plans.get(id(version)) if tier is None else None
+    if plan is None or plan.version is not version:
+        plan = _plan(version, tier)
+    input_tokens = usage.input_tokens
+    output_tokens = usage.output_tokens
+    cache_read = usage.cache_read_tokens
+    write_5m = usage.cache_write_5m_tokens
+    write_1h = usage.cache_write_1h_tokens
+    reasoning = usage.reasoning_tokens
+    audio_in = usage.audio_input_tokens
     audio_out = usage.audio_output_tokens
+    image_in = usage.image_input_tokens
     image_out = usage.image_output_tokens
-    counts = (
-        uncached - audio_in - image_in, usage.cache_read_tokens, usage.cache_write_5m_tokens,
-        usage.cache_write_1h_tokens, audio_in, image_in,
-        usage.output_tokens - reasoning - audio_out - image_out, reasoning, audio_out, image_out,
-        usage.web_search_requests,
-    )
+    if not plan.distinct_reasoning:
+        reasoning = 0  # billed inside the output line, as the provider bills it
+    rows: tuple[_PlanRow, ...]
+    counts: tuple[int, ...]
+    web_searches = usage.web_search_requests
+    if write_5m or write_1h or audio_in or image_in or audio_out or image_out or web_searches:
+        uncached = input_tokens - cache_read - write_5m - write_1h
+        audio_in = min(audio_in, uncached)
+        image_in = min(image_in, uncached - audio_in)
+        rows = plan.rows
+        counts = (
+            uncached - audio_in - image_in, cache_read, write_5m, write_1h, audio_in, image_in,
+            output_tokens - reasoning - audio_out - image_out, reasoning, audio_out, image_out,
+            web_searches,
+        )
+    else:
+        rows = plan.short_rows
+        counts = (input_tokens - cache_read, cache_read, output_tokens - reasoning, reasoning)
     lines: list[CostLine] = []
-    missing: list[str] = []
+    missing: list[str] | None = None
     estimated = False
     total = _ZERO
+    s_dim, s_tok, s_rate, s_usd, s_as = _line_set
     for (name, rate, priced_as), count in zip(rows, counts, strict=True):
         if not count:
             continue
         if rate is None:
+            if missing is None:
+                missing = []
             missing.append(name)
             continue
         usd = rate * count
         total += usd
         if priced_as is not None:
             estimated = True
-        lines.append(_line(name, count, rate, usd, priced_as))
-    request_rate = request[1]
-    if request_rate is not None and usage.requests:
-        usd = request_rate * usage.requests
+        line: CostLine = _new(CostLine)  # _line(), written out: once per bucket per call
+        s_dim(line, name)
+        s_tok(line, count)
+        s_rate(line, rate)
+        s_usd(line, usd)
+        s_as(line, priced_as)
+        lines.append(line)
+    request_name, request_rate, _ = plan.request
+    requests = usage.requests
+    if request_rate is not None and requests:
+        usd = request_rate * requests
         total += usd
-        lines.append(_line(request[0], usage.requests, request_rate, usd, None))
+        lines.append(_line(request_name, requests, request_rate, usd, None))
     status: CostStatus
     if missing:
         status = "unpriced"
@@ -292,17 +344,17 @@ def price_usage(
         status = "priced"
     return _cost(
         model_requested,
-        version.model,
-        version.provider,
+        plan.model,
+        plan.provider,
         status,
         None if missing else total,
         tuple(lines),
-        version.version_id,
-        version.source,
+        plan.version_id,
+        plan.source,
         as_of,
-        _TIER_NAMES[version.service_tier],
-        version.region,
-        None if tier is None else tier.above_input_tokens,
-        tuple(missing),
+        plan.tier_name,
+        plan.region,
+        plan.threshold,
+        () if missing is None else tuple(missing),
         notes,
     )

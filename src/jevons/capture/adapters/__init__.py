@@ -161,16 +161,21 @@ def patch_method(obj: Any, name: str, replacement: Callable[..., Any]) -> None:
 
 
 # ---------------------------------------------------------------------- HTTP attempts
+_current_call = CURRENT_CALL.get
+
+
 def _on_request(request: Any) -> None:
-    call = CURRENT_CALL.get()
+    call = _current_call()
     if call is not None:
         call.http_attempts.append(None)
 
 
 def _on_response(response: Any) -> None:
-    call = CURRENT_CALL.get()
-    if call is not None and call.http_attempts:
-        call.http_attempts[-1] = response.status_code
+    call = _current_call()
+    if call is not None:
+        attempts = call.http_attempts
+        if attempts:
+            attempts[-1] = response.status_code
 
 
 async def _aon_request(request: Any) -> None:
@@ -247,33 +252,33 @@ def instrument(
     prepare = spec.prepare
     on_stream = spec.stream
     is_stream = spec.is_stream
+    default_is_stream = is_stream is _default_is_stream
     on_result = spec.on_result
+    begin = meter.begin
+    set_call = CURRENT_CALL.set
+    reset_call = CURRENT_CALL.reset
 
-    def _start(kwargs: dict[str, Any]) -> tuple[Call | None, bool]:
-        call = meter.begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
+    # The per-call work is written out in ``metered``/``ametered`` rather than shared through
+    # helper functions: every Python call and every object touched costs, and the provider
+    # call in between evicts jevons' code and data from the CPU caches (see bench_capture.py).
+    def _prepare(call: Call, kwargs: dict[str, Any]) -> bool:
         streaming = False
-        if call is not None:
-            try:
-                streaming = is_stream(kwargs)
-                if prepare is not None:
-                    prepare(call, kwargs, streaming)
-            except Exception as exc:
-                meter._error(exc, "adapter")
-        return call, streaming
-
-    def _end(call: Call, result: Any, streaming: bool) -> Any:
-        if streaming and on_stream is not None:
-            try:
-                return on_stream(call, result)
-            except Exception as exc:
-                meter._error(exc, "adapter")
-                call.finish_extracted(review_extracted(None), "ok", _UNOBSERVED)
-                return result
         try:
-            on_result(call, result)
+            streaming = kwargs.get("stream") is True if default_is_stream else is_stream(kwargs)
+            if prepare is not None:
+                prepare(call, kwargs, streaming)
         except Exception as exc:
             meter._error(exc, "adapter")
-        return result
+        return streaming
+
+    def _end_stream(call: Call, result: Any) -> Any:
+        assert on_stream is not None
+        try:
+            return on_stream(call, result)
+        except Exception as exc:
+            meter._error(exc, "adapter")
+            call.finish_extracted(review_extracted(None), "ok", _UNOBSERVED)
+            return result
 
     if is_async is None:
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
@@ -281,35 +286,55 @@ def instrument(
 
         @functools.wraps(fn)
         async def ametered(*args: Any, **kwargs: Any) -> Any:
-            call, streaming = _start(kwargs)
+            call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
             if call is None:
                 return await fn(*args, **kwargs)
-            token = CURRENT_CALL.set(call)
+            streaming = _prepare(call, kwargs)
+            token = set_call(call)
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 call.fail(exc)
                 raise
             finally:
-                CURRENT_CALL.reset(token)
-            return _end(call, result, streaming)
+                reset_call(token)
+            if streaming and on_stream is not None:
+                return _end_stream(call, result)
+            try:
+                on_result(call, result)
+            except Exception as exc:
+                meter._error(exc, "adapter")
+            return result
 
         return ametered
 
     @functools.wraps(fn)
     def metered(*args: Any, **kwargs: Any) -> Any:
-        call, streaming = _start(kwargs)
+        call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
         if call is None:
             return fn(*args, **kwargs)
-        token = CURRENT_CALL.set(call)
+        streaming = False
+        try:
+            streaming = kwargs.get("stream") is True if default_is_stream else is_stream(kwargs)
+            if prepare is not None:
+                prepare(call, kwargs, streaming)
+        except Exception as exc:
+            meter._error(exc, "adapter")
+        token = set_call(call)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             call.fail(exc)
             raise
         finally:
-            CURRENT_CALL.reset(token)
-        return _end(call, result, streaming)
+            reset_call(token)
+        if streaming and on_stream is not None:
+            return _end_stream(call, result)
+        try:
+            on_result(call, result)
+        except Exception as exc:
+            meter._error(exc, "adapter")
+        return result
 
     return metered
 

@@ -106,18 +106,25 @@ def chat_usage(block: Any, *, tool_calls: int = 0) -> Usage:
         raise UnknownShape(f"usage block without prompt_tokens/completion_tokens: {as_dict(block)}")
     prompt = fields_of(b.get("prompt_tokens_details"))
     completion = fields_of(b.get("completion_tokens_details"))
-    short_writes, long_writes = cache_writes(prompt)
-    return Usage(
-        to_int(prompt_tokens),
-        to_int(completion_tokens),
-        to_int(prompt.get("cached_tokens")),
+    # counts are almost always plain ints: test inline, call to_int only for anything else
+    cached = prompt.get("cached_tokens")
+    audio_in = prompt.get("audio_tokens")
+    image_in = prompt.get("image_tokens")
+    reasoning = completion.get("reasoning_tokens")
+    audio_out = completion.get("audio_tokens")
+    image_out = completion.get("image_tokens")
+    short_writes, long_writes = cache_writes(prompt) if prompt.get("cache_write_tokens") else (0, 0)
+    return Usage.of(
+        prompt_tokens if type(prompt_tokens) is int else to_int(prompt_tokens),
+        completion_tokens if type(completion_tokens) is int else to_int(completion_tokens),
+        cached if type(cached) is int else to_int(cached),
         short_writes,
         long_writes,
-        to_int(completion.get("reasoning_tokens")),
-        to_int(prompt.get("audio_tokens")),
-        to_int(completion.get("audio_tokens")),
-        to_int(prompt.get("image_tokens")),
-        to_int(completion.get("image_tokens")),
+        reasoning if type(reasoning) is int else to_int(reasoning),
+        audio_in if type(audio_in) is int else to_int(audio_in),
+        audio_out if type(audio_out) is int else to_int(audio_out),
+        image_in if type(image_in) is int else to_int(image_in),
+        image_out if type(image_out) is int else to_int(image_out),
         1,
         0,
         tool_calls,
@@ -157,7 +164,9 @@ def _chat_tool_calls(choices: Any) -> int:
     n = 0
     for choice in choices or ():
         message = fields_of(fields_of(choice).get("message"))
-        n += len(message.get("tool_calls") or ())
+        calls = message.get("tool_calls")
+        if calls:
+            n += len(calls)
         if message.get("function_call") is not None:
             n += 1
     return n
@@ -181,10 +190,15 @@ def _responses_tools(response: Any) -> tuple[int, int]:
 
 def extract_chat(response: Any, model: str | None = None) -> Extracted:
     r = fields_of(response)
+    tier = r.get("service_tier")
     return Extracted(
         chat_usage(r.get("usage"), tool_calls=_chat_tool_calls(r.get("choices"))),
         r.get("model") or model,
-        service_tier=_tier(r.get("service_tier")),
+        True,
+        False,
+        None,
+        None,
+        _TIERS.get(tier) if type(tier) is str else None,
     )
 
 
@@ -344,13 +358,15 @@ def _raw_types() -> tuple[type, ...]:
 
 def _unwrap_raw(result: Any) -> Any:
     """``with_raw_response`` hands back an API-response wrapper: parse it (cached by the SDK)."""
-    if isinstance(result, _raw_types()):
+    if isinstance(result, _RAW_TYPES or _raw_types()):
         return result.parse()  # type: ignore[attr-defined]
     return result
 
 
 def _finish(call: Call, result: Any) -> None:
-    call.finish(_unwrap_raw(result))
+    if isinstance(result, _RAW_TYPES or _raw_types()):  # _unwrap_raw, inlined
+        result = result.parse()  # type: ignore[attr-defined]
+    call.finish(result)
 
 
 def _chat_stream(call: Call, stream: Any) -> Any:
