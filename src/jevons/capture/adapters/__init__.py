@@ -258,9 +258,9 @@ def instrument(
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
 
-    # The per-call work is written out in ``metered``/``ametered`` rather than shared through
-    # helper functions: every Python call and every object touched costs, and the provider
-    # call in between evicts jevons' code and data from the CPU caches (see bench_capture.py).
+    # The per-call work is written out in ``metered`` rather than shared through helpers: the
+    # SDK's own request evicts jevons' code and data from the CPU caches, so every extra Python
+    # call and every object touched after it costs several times what a warm loop shows.
     def _prepare(call: Call, kwargs: dict[str, Any]) -> bool:
         streaming = False
         try:
