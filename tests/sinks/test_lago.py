@@ -142,3 +142,14 @@ def test_lago_duplicate_422_counts_as_delivered(ledger: SQLLedger) -> None:
         assert report.delivered == 5 and report.dead_lettered == 0
         assert len(fake.keys) == 5
         assert json.dumps(fake.state.bodies)  # bodies were recorded
+
+
+def test_price_mode_amount_is_cut_to_lagos_stored_precision() -> None:
+    """Lago keeps precise_total_amount_cents as numeric(40,15): a policy amount with more digits
+    (a floor's 1/(1-f) at 80 digits) is rounded half-even to 15 places of a cent, no further."""
+    third = Decimal(1) / Decimal(3)  # 0.333... USD at the context precision
+    sink = LagoSink("lago", "http://x", None, mode="price", amount_for=lambda e: third)
+    (rec,) = sink.prepare(make_event(1, key="K"))  # type: ignore[misc]
+    assert rec["precise_total_amount_cents"] == "33.333333333333333"
+    assert Decimal(rec["properties"]["amount_usd"]) == third  # the exact amount rides along
+    assert_valid_lago_batch({"events": [rec]})

@@ -9,7 +9,7 @@ client.chat.completions.create(...)   # same arguments, same return value, same 
 Construction (every argument optional)::
 
     Meter(book=None, ledger=None, sinks=(), guards=(), on_error=None,
-          customer=None, feature=None, tags=None, settings=None)
+          customer=None, feature=None, tags=None, settings=None, policy=None)
 
 - ``book``: the ``PriceBook``; ``None`` = ``jevons.prices.loader.default_book()`` (an empty book,
   so every call comes back *unpriced*, if the loader is not available).
@@ -26,6 +26,9 @@ Construction (every argument optional)::
 - ``on_error``: ``on_error(exc, kind)`` for every instrumentation error (``kind`` one of
   ``extract``, ``price``, ``store``, ``sink``, ``guard``, ``adapter``, ``attribution``,
   ``wrap``). Errors are also counted in ``stats()`` and logged (first few per kind at WARNING).
+- ``policy``: a ``jevons.policy.runtime.PolicyRuntime`` added as a sink (running balances,
+  alerts) and a guard (``CapReached`` for a ``block`` cap); ``None`` (default) = the runtime of
+  ``[billing] policy_file`` when the config names one; ``False`` = no policy.
 - ``customer``/``feature``/``tags``: the default attribution (see ``jevons.capture.attribution``
   for the precedence: per call > per client > context/run > default).
 
@@ -83,6 +86,7 @@ from jevons.usage import Usage
 
 if TYPE_CHECKING:
     from jevons.config import Settings
+    from jevons.policy.runtime import PolicyRuntime
 
 __all__ = ["CURRENT_CALL", "Call", "Guard", "Meter", "Sink"]
 
@@ -305,12 +309,17 @@ class Meter:
         feature: str | None = None,
         tags: Mapping[str, Any] | None = None,
         settings: Settings | None = None,
+        policy: PolicyRuntime | bool | None = None,
     ) -> None:
         self._settings = settings
         self.book = book if book is not None else _default_book()
         self.store: EventStore = self._open_store(ledger)
         self.sinks: list[Sink] = list(sinks)
         self.guards: list[Guard] = list(guards)
+        self.policy = self._open_policy(policy)
+        if self.policy is not None:
+            self.sinks.append(self.policy)
+            self.guards.append(self.policy.guard)
         self.on_error = on_error
         self.default = _attr.make(customer, feature, tags)
         self._lock = threading.Lock()
@@ -334,16 +343,33 @@ class Meter:
             open_store = getattr(ledger_mod, "open_store", None)
             if open_store is None:
                 return MemoryStore()
-            settings = self._settings
-            if settings is None:
-                from jevons.config import load_settings
-
-                settings = load_settings()
-            store: EventStore = open_store(settings)
+            store: EventStore = open_store(self._settings_or_load())
             return store
         except Exception as exc:  # a broken ledger must not stop the app from starting
             log.warning("jevons: could not open the ledger (%s); events are kept in memory", exc)
             return MemoryStore()
+
+    def _settings_or_load(self) -> Settings:
+        if self._settings is None:
+            from jevons.config import load_settings
+
+            self._settings = load_settings()
+        return self._settings
+
+    def _open_policy(self, policy: PolicyRuntime | bool | None) -> PolicyRuntime | None:
+        """``None``: the runtime of ``[billing] policy_file`` when one is configured; ``False``:
+        none; a ``PolicyRuntime``: that one. A configured policy that does not load is an error
+        here, at start-up: billing silently without its caps and floors would be worse."""
+        if policy is False:
+            return None
+        if policy is None or policy is True:
+            from jevons.policy.runtime import runtime_from_settings
+
+            runtime = runtime_from_settings(self._settings_or_load())
+            if runtime is None and policy is True:
+                raise ValueError("Meter(policy=True) but no [billing] policy_file is configured")
+            return runtime
+        return policy
 
     # ================================================================== public API
     def wrap(

@@ -8,8 +8,10 @@ The buckets are disjoint so that every token is billed once: ``input`` is the *u
 ``transaction_id``, and one call makes several events); ``properties.tokens`` holds the count.
 
 Price mode sends one ``llm_cost`` event per call with ``transaction_id`` = the idempotency key
-and ``precise_total_amount_cents`` = the charge in cents, unrounded (for a ``dynamic`` charge
-model); the cost breakdown and price version ride in ``properties``. The charge comes from
+and ``precise_total_amount_cents`` = the charge in cents (for a ``dynamic`` charge model), at
+the precision Lago stores it: ``numeric(40,15)``, so the amount is rounded half-even to 15
+decimal places of a cent (1e-17 USD) — the only rounding on this path; the exact USD amount,
+the cost breakdown and the price version ride in ``properties``. The charge comes from
 ``amount_for(event)`` (USD; default ``cost.total_usd * billing.markup``). An unpriced event is
 never sent as $0: it is held until ``jevons reprice`` prices it.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import httpx
@@ -61,6 +63,14 @@ def default_amount_for(markup: Decimal) -> AmountFor:
         return None if total is None else total * markup
 
     return amount
+
+
+LAGO_CENTS_QUANTUM = Decimal("1e-15")  # Lago's precise_total_amount_cents is numeric(40,15)
+
+
+def lago_cents(amount_usd: Decimal) -> Decimal:
+    """USD -> cents at Lago's stored precision (half-even to 15 places of a cent)."""
+    return (amount_usd * 100).quantize(LAGO_CENTS_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def decimal_str(value: Decimal) -> str:
@@ -138,7 +148,7 @@ class LagoSink(HttpSink):
                 "external_subscription_id": event.customer,
                 "code": self.cost_metric_code,
                 "timestamp": ts,
-                "precise_total_amount_cents": decimal_str(amount * 100),
+                "precise_total_amount_cents": decimal_str(lago_cents(amount)),
                 "properties": props,
             }]
         out: list[Record] = []
