@@ -61,7 +61,8 @@ def test_policy_false_and_no_config_mean_no_policy(tmp_path: Path, monkeypatch: 
 
 def test_outbox_bills_lago_the_policy_charge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with FakeBilling() as fake:
-        _configure(tmp_path, monkeypatch, f'[sinks.lago]\ntype = "lago"\nurl = "{fake.url}"\nmode = "price"\n')
+        sink = f'[sinks.lago]\ntype = "lago"\nurl = "{fake.url}"\nmode = "price"\n'
+        _configure(tmp_path, monkeypatch, sink)
         meter = jevons.Meter()  # default durable ledger in JEVONS_HOME
         event = meter.record(model="gpt-4o", usage=jevons.Usage(input_tokens=1_000, output_tokens=100),
                              provider="openai", customer="acme")
