@@ -362,3 +362,27 @@ def test_record_inside_a_run_counts_but_is_never_refused(meter: Meter) -> None:
         second = record(meter)  # past the budget: a record of a call already made is kept
     assert (first.step, second.step, run.steps) == (1, 2, 2)
     assert run.cost_usd == first.cost.total_usd + second.cost.total_usd  # type: ignore[operator]
+
+
+def test_record_raises_when_the_event_is_not_durable(test_book: PriceBook) -> None:
+    """record() is an explicit acknowledgement: a store failure reaches its caller (unlike a
+    wrapped call), the event is kept in the backlog, and a retry with the same key stores one."""
+
+    class DownStore(MemoryStore):
+        down = True
+
+        def append(self, event: Event) -> bool:
+            if self.down:
+                raise OSError("ledger down")
+            return super().append(event)
+
+    store = DownStore()
+    meter = Meter(book=test_book, ledger=store)
+    with pytest.raises(OSError, match="ledger down"):
+        meter.record(model="gpt-4o-mini", usage=Usage(input_tokens=10), provider="openai",
+                     idempotency_key="K1")
+    store.down = False
+    meter.record(model="gpt-4o-mini", usage=Usage(input_tokens=10), provider="openai",
+                 idempotency_key="K1")
+    assert [e.idempotency_key for e in store.query()] == ["K1"]
+    assert meter.stats()["backlog"] == 0

@@ -453,7 +453,9 @@ class Meter:
     ) -> Event:
         """Record a call made any other way. Attribution and run come from the arguments, then
         the context, then the meter's default. Bad arguments raise ``ValueError``/``TypeError``
-        (this is the caller's own code, not a wrapped call)."""
+        (this is the caller's own code, not a wrapped call), and so does a ledger that cannot
+        store the event: ``record`` returns only once the event is durable (the event is also
+        kept and retried, so calling again with the same ``idempotency_key`` is safe)."""
         if not isinstance(usage, Usage):
             usage = Usage.from_dict(dict(usage))
         gw = None if gateway_cost_usd is None else Decimal(str(gateway_cost_usd))
@@ -644,21 +646,7 @@ class Meter:
         )
         if run is not None:
             run.add(event)
-        # store, then sinks (_store_and_deliver, inlined)
-        if self._backlog:
-            self._flush_backlog()
-        try:
-            self.store.append(event)
-        except Exception as exc:
-            with self._lock:
-                self._backlog.append(event)
-                self._counts["unstored"] += 1
-            self._error(exc, "store")
-        for sink in self.sinks:
-            try:
-                sink(event)
-            except Exception as exc:
-                self._error(exc, "sink")
+        self._store_and_deliver(event, strict)
         counts = self._counts
         cost_status = cost.status
         with self._lock:
@@ -675,6 +663,10 @@ class Meter:
         return event
 
     def _store_and_deliver(self, event: Event, strict: bool) -> None:
+        """Store (durable before this returns), then hand to the sinks. A store failure keeps
+        the event in a backlog retried on the next append; for ``record()`` (``strict``) it is
+        also raised, since the caller asked for an acknowledgement (retrying with the same
+        idempotency key is safe). A wrapped call is never broken: the failure is only counted."""
         if self._backlog:
             self._flush_backlog()
         try:
@@ -684,6 +676,8 @@ class Meter:
                 self._backlog.append(event)
                 self._counts["unstored"] += 1
             self._error(exc, "store")
+            if strict:
+                raise
         for sink in self.sinks:
             try:
                 sink(event)
