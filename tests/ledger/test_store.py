@@ -107,3 +107,43 @@ def test_bad_table_prefix_is_refused(tmp_path: object, bad: str) -> None:
 
     with pytest.raises(LedgerError):
         sqlite_ledger(f"{tmp_path}/x.db", prefix=bad)
+
+
+def test_large_batches_keep_every_row_once_in_order(ledger: SQLLedger) -> None:
+    """A batch goes to SQLite in multi-row statements of up to 2,048 rows, the rest in
+    power-of-two pieces: sizes around those boundaries, with duplicates inside a batch and
+    across pieces, store each key once, in the order given, with the row's columns intact."""
+    from jevons.ledger.database import _VALUES_CHUNK, _value_chunks
+
+    n = _VALUES_CHUNK + 300
+    events = [make_event(i, customer=f"c{i % 7}", run_id="r" if i % 5 == 0 else None,
+                         priced=i % 11 != 0) for i in range(n)]
+    # a duplicate inside the first piece and one that lands in a later piece than its original
+    batch = [*events[:10], events[3], *events[10:], events[5], events[_VALUES_CHUNK + 1]]
+    assert ledger.append_many(batch) == n
+    assert ledger.count() == n
+    assert ledger.append_many(events[_VALUES_CHUNK - 5 : _VALUES_CHUNK + 5]) == 0
+    stored = ledger.events_after(0, n + 10)
+    assert [e.idempotency_key for _, e in stored] == [e.idempotency_key for e in events]
+    assert stored[-1][1] == events[-1]
+    assert ledger.count(EventQuery(customer="c3")) == sum(1 for e in events if e.customer == "c3")
+    assert ledger.count(EventQuery(run_id="r")) == sum(1 for e in events if e.run_id == "r")
+    assert len(ledger.unpriced()) == sum(1 for i in range(n) if i % 11 == 0)
+    for size in (0, 1, 255, _VALUES_CHUNK - 1, _VALUES_CHUNK, 3 * _VALUES_CHUNK + 77):
+        pieces = _value_chunks(size)
+        assert [start for start, _ in pieces] == [sum(s for _, s in pieces[:k]) for k in range(len(pieces))]
+        assert sum(s for _, s in pieces) == size
+        assert all(0 < s <= _VALUES_CHUNK for _, s in pieces)
+
+
+def test_new_sqlite_ledgers_use_16k_pages(tmp_path: object) -> None:
+    import sqlite3
+
+    from jevons.ledger.database import sqlite_ledger
+
+    led = sqlite_ledger(f"{tmp_path}/p.db")
+    led.append(make_event(1))
+    led.close()
+    with sqlite3.connect(f"{tmp_path}/p.db") as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -7,8 +7,9 @@ SQLite, and PostgreSQL is bound the same way. The positional form is the same va
 the names: ``["<layout>", id, idempotency_key, timestamp, ..., [usage...], [cost..., [[line...],
 ...]], ...]``, ~0.5 KB. It is still plain JSON text (readable in the database, one line in
 the append log: no newline can occur in it), Decimals as strings, times as RFC 3339.
-Encoding reads the fields with ``operator.attrgetter`` and lets msgspec write the tuples, which
-costs less than msgspec encoding the dataclass by name (~2-3 us). The same bytes are the
+Encoding reads the fields with one expression generated from the dataclass fields at import
+time and lets msgspec write the tuples (~3 us an event), which costs less than msgspec encoding
+the dataclass by name. The same bytes are the
 append-log line and the database body: nothing is encoded twice.
 
 Layouts: the field order comes from the dataclasses (``Event``, ``Usage``, ``Cost``,
@@ -140,7 +141,34 @@ def _plan(cls: type) -> tuple[_Spec, list[Any], Callable[[Any], Any], Callable[[
     return spec, types, values, make
 
 
+def _values_source(cls: type, var: str, depth: int = 0) -> list[str]:
+    """Python expressions of the positional values of a ``cls`` held in ``var`` (nested
+    dataclasses as tuples, tuples of them as lists): the same values ``_plan``'s function
+    gives, read by one generated expression instead of a call per nested object (~1.5 us of
+    the ~4.5 us an event's encoding took; the append is on the caller's hot path)."""
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        if not f.name.isidentifier():  # dataclass fields always are; checked before eval
+            raise TypeError(f"{cls.__name__}: field {f.name!r} is not an identifier")
+        access = f"{var}.{f.name}"
+        nested = _nested(hints[f.name])
+        if nested is None:
+            out.append(access)
+        elif nested[0] == "one":
+            out.append("(" + ", ".join(_values_source(nested[1], access, depth + 1)) + ",)")
+        else:
+            item = f"_x{depth}"
+            inner = ", ".join(_values_source(nested[1], item, depth + 1))
+            out.append(f"[({inner},) for {item} in {access}]")
+    return out
+
+
 _EVENT_SPEC, _EVENT_TYPES, _event_values, _make_event = _plan(Event)
+#: (layout, *values of the event): what ``encode_event`` writes
+_event_row: Callable[[Event, str], tuple[Any, ...]] = eval(  # field names only (checked above)
+    "lambda o, layout: (layout, " + ", ".join(_values_source(Event, "o")) + ")"
+)
 #: the field names of the positional form (nested), recorded in the ledger per fingerprint
 LAYOUT_SPEC: str = json.dumps(_EVENT_SPEC, separators=(",", ":"))
 #: the fingerprint of this process's positional form: the first element of every body
@@ -185,7 +213,7 @@ def _layout_of(data: bytes | str) -> str:
 # -- events -----------------------------------------------------------------------------------
 def encode_event(event: Event) -> bytes:
     """The event in its stored form: compact positional JSON (no newline in it, none after)."""
-    return _encoder.encode((LAYOUT, *_event_values(event)))
+    return _encoder.encode(_event_row(event, LAYOUT))
 
 
 def decode_event(data: bytes | str) -> Event:

@@ -14,16 +14,16 @@ seq N is still in flight.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-
-import msgspec
 
 from jevons.events import Event
 from jevons.ledger.base import EventQuery
@@ -45,10 +45,17 @@ from jevons.prices.cost import Cost
 __all__ = ["LedgerError", "ParkedEvent", "SQLLedger", "SinkState", "postgres_ledger", "sqlite_ledger"]
 
 T = TypeVar("T")
-# SQLite 3.38 brought the ->> operator (and JSON built in by default)
-_SQLITE_JSON_ARROW = sqlite3.sqlite_version_info >= (3, 38, 0)
-_batch_encoder = msgspec.json.Encoder()
-_JSON_CHUNK = 256
+# rows per multi-row INSERT statement: 18,432 bound parameters (SQLite >= 3.32 allows 32,766);
+# a statement step runs without the GIL, and taking the GIL back after it can wait a whole
+# switch interval (5 ms) behind an appending thread, so fewer, longer steps are cheaper
+_VALUES_CHUNK = 2048
+# SQLite tuning of the writer connection (issue 4: a 1,000-event batch is ~10 us a row):
+# pages of 16 KB (new databases only; an existing file keeps its page size until VACUUM)
+# halve the pages a batch of random idempotency keys dirties in the unique index and cost
+# fewer WAL frames per row; a 16 MB page cache (the default is 2 MB) keeps that index and
+# the hot ends of the others in memory instead of re-reading them on every batch
+_SQLITE_PAGE_SIZE = 16384
+_SQLITE_WRITER_CACHE_KIB = 16384
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_COLS = ", ".join(ROW_COLUMNS)
 
@@ -146,7 +153,13 @@ class _SQLiteBackend(_Backend):
         self._synchronous = synchronous
         try:
             self._writer = self._open()
+            # page_size must come before WAL: it only takes on a database not yet written
+            self._writer.execute(f"PRAGMA page_size={_SQLITE_PAGE_SIZE}")
             self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute(f"PRAGMA cache_size=-{_SQLITE_WRITER_CACHE_KIB}")
+            # multi-row inserts need SQLite >= 3.32's bound-parameter limit (a build can lower it)
+            self.multi_values = sqlite3.sqlite_version_info >= (3, 32, 0) and self._writer.getlimit(
+                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) >= _VALUES_CHUNK * len(ROW_COLUMNS)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open SQLite ledger {path}: {exc}") from exc
 
@@ -352,26 +365,23 @@ class SQLLedger:
             return 0
         b = self._b
         if b.dialect == "sqlite":
-            if _SQLITE_JSON_ARROW:
-                # the whole batch as one JSON parameter, unpacked by SQLite itself: one
-                # statement step for all rows, which runs without the GIL (executemany binds
-                # every row in Python and hands the GIL back and forth per row, slowing down
-                # the thread that is appending at the same time)
-                picks = ", ".join(f"value ->> {i}" for i in range(len(ROW_COLUMNS)))
-                sql = b.q(
-                    f"INSERT INTO {{p}}events ({_EVENT_COLS}) SELECT {picks} FROM json_each(?) "
-                    "WHERE true ON CONFLICT (idempotency_key) DO NOTHING"
-                )
+            if isinstance(b, _SQLiteBackend) and b.multi_values:
 
-                def ins_json(cur: _Cursor) -> int:
+                def ins_values(cur: _Cursor) -> int:
                     before = _total_changes(cur)
-                    # a statement per few hundred rows: encoding the parameter holds the GIL
-                    # (~0.7 us a row), so a long batch in one piece would stall the appenders
-                    for i in range(0, len(rows), _JSON_CHUNK):
-                        cur.execute(sql, (_batch_encoder.encode(rows[i : i + _JSON_CHUNK]).decode(),))
+                    for start, size in _value_chunks(len(rows)):
+                        # one multi-row INSERT per chunk: the parameters are bound in C, then
+                        # all of the chunk's rows go in in one statement step, which runs
+                        # without the GIL (executemany would hand the GIL back and forth on
+                        # every row, stalling the appending threads; unpacking a JSON
+                        # parameter with json_each costs SQLite ~5 us a row more than this)
+                        cur.execute(
+                            b.q(_values_insert(size)),
+                            list(chain.from_iterable(rows[start : start + size])),
+                        )
                     return _total_changes(cur) - before
 
-                return b.write(ins_json)
+                return b.write(ins_values)
             sql = b.q(
                 f"INSERT INTO {{p}}events ({_EVENT_COLS}) VALUES ({','.join('?' * len(ROW_COLUMNS))}) "
                 "ON CONFLICT (idempotency_key) DO NOTHING"
@@ -681,6 +691,32 @@ def encode_event_cost(event: Event) -> str:
     import json
 
     return json.dumps(event.cost.to_dict(), separators=(",", ":"))
+
+
+def _value_chunks(n: int) -> list[tuple[int, int]]:
+    """(start, size) pieces of ``n`` rows: full chunks, then the rest in powers of two, so that
+    only a handful of distinct statements are ever prepared (and stay cached)."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    while n - start >= _VALUES_CHUNK:
+        out.append((start, _VALUES_CHUNK))
+        start += _VALUES_CHUNK
+    size = 1 << (_VALUES_CHUNK.bit_length() - 1)  # the rest (< 2 * size) in binary
+    while start < n and size:
+        if n - start >= size:
+            out.append((start, size))
+            start += size
+        size //= 2
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _values_insert(size: int) -> str:
+    one = "(" + ",".join("?" * len(ROW_COLUMNS)) + ")"
+    return (
+        f"INSERT INTO {{p}}events ({_EVENT_COLS}) VALUES {','.join([one] * size)} "
+        "ON CONFLICT (idempotency_key) DO NOTHING"
+    )
 
 
 def _total_changes(cur: _Cursor) -> int:
