@@ -38,9 +38,14 @@ def _json_safe(value: Any) -> Any:
 
 
 def _stress_tables(run: Any, console: Console | None = None) -> None:
-    from jevons.insight.html import fmt_pct, fmt_tasks, fmt_usd
-    from jevons.insight.stress_report import COMPARISON_HEADER, DRIVER_LABELS, comparison_rows
-    from jevons.insight.taskmodel import DRIVERS
+    from jevons.insight.html import fmt_pct
+    from jevons.insight.stress_report import (
+        COMPARISON_HEADER,
+        cliff_header,
+        cliff_rows,
+        comparison_rows,
+        driver_rows,
+    )
 
     console = console or _console()
     s = run.scenario
@@ -55,39 +60,18 @@ def _stress_tables(run: Any, console: Console | None = None) -> None:
     console.print(t)
 
     t = Table(title="The margin cliff: tasks per customer-month where the margin reaches 0 / the floor")
-    for h in (
-        "policy",
-        "plan",
-        "margin 0 (month 1)",
-        f"margin 0 (month {s.months})",
-        "floor",
-        "below floor (month 1)",
-        f"below floor (month {s.months})",
-    ):
+    for h in cliff_header(s.months):
         t.add_column(h, justify="left" if h in ("policy", "plan") else "right")
-    for p in run.policies:
-        for c in p.cliffs:
-            t.add_row(
-                p.label,
-                c["plan"],
-                fmt_tasks(c["zero_margin_tasks"]),
-                fmt_tasks(c["zero_margin_tasks_last_month"]),
-                fmt_pct(c["floor"]),
-                fmt_tasks(c["floor_tasks"]),
-                fmt_tasks(c["floor_tasks_last_month"]),
-            )
+    for row in cliff_rows(run):
+        t.add_row(*row)
     console.print(t)
 
-    a = run.attribution
     t = Table(title="What drives the cost (Shapley attribution)")
     t.add_column("driver")
     t.add_column("cost added", justify="right")
     t.add_column("share", justify="right")
-    t.add_row(
-        DRIVER_LABELS["base"], fmt_usd(a.base_usd), fmt_pct(a.base_usd / a.total_usd if a.total_usd else 0)
-    )
-    for d in DRIVERS:
-        t.add_row(DRIVER_LABELS[d], fmt_usd(a.driver_usd[d]), fmt_pct(a.shares()[d]))
+    for row in driver_rows(run):
+        t.add_row(*row)
     console.print(t)
 
     for p in run.policies[:1]:

@@ -13,7 +13,15 @@ from jevons.insight.engine import StressRun
 from jevons.insight.html import HtmlReport, fmt_pct, fmt_tasks, fmt_usd
 from jevons.insight.taskmodel import DRIVERS
 
-__all__ = ["DRIVER_LABELS", "comparison_rows", "render_stress_report", "write_stress_report"]
+__all__ = [
+    "DRIVER_LABELS",
+    "cliff_header",
+    "cliff_rows",
+    "comparison_rows",
+    "driver_rows",
+    "render_stress_report",
+    "write_stress_report",
+]
 
 DRIVER_LABELS = {
     "base": "base (one call, input rate)",
@@ -34,6 +42,30 @@ COMPARISON_HEADER = (
     "p10 cust. %",
     "p50 cust. %",
 )
+
+
+def cliff_header(months: int) -> tuple[str, ...]:
+    return ("policy", "plan", "margin 0 (tasks/month, month 1)", f"margin 0 (month {months})", "floor",
+            "below floor (month 1)", f"below floor (month {months})")
+
+
+def cliff_rows(run: StressRun) -> list[list[str]]:
+    """Per policy and plan: the tasks per month where the margin reaches 0 and the floor."""
+    return [
+        [p.label, c["plan"], fmt_tasks(c["zero_margin_tasks"]), fmt_tasks(c["zero_margin_tasks_last_month"]),
+         fmt_pct(c["floor"]), fmt_tasks(c["floor_tasks"]), fmt_tasks(c["floor_tasks_last_month"])]
+        for p in run.policies
+        for c in p.cliffs
+    ]
+
+
+def driver_rows(run: StressRun) -> list[list[str]]:
+    """The Shapley driver attribution: base, each driver, with its cost and share."""
+    a = run.attribution
+    base_share = a.base_usd / a.total_usd if a.total_usd else 0
+    rows = [[DRIVER_LABELS["base"], fmt_usd(a.base_usd), fmt_pct(base_share)]]
+    rows += [[DRIVER_LABELS[d], fmt_usd(a.driver_usd[d]), fmt_pct(a.shares()[d])] for d in DRIVERS]
+    return rows
 
 
 def comparison_rows(run: StressRun) -> list[list[str]]:
@@ -110,32 +142,7 @@ def render_stress_report(run: StressRun) -> HtmlReport:
     rep.figure(fig)
 
     rep.heading("Margin vs usage: the cliff")
-    rows = []
-    for p in run.policies:
-        for c in p.cliffs:
-            rows.append(
-                [
-                    p.label,
-                    c["plan"],
-                    fmt_tasks(c["zero_margin_tasks"]),
-                    fmt_tasks(c["zero_margin_tasks_last_month"]),
-                    fmt_pct(c["floor"]),
-                    fmt_tasks(c["floor_tasks"]),
-                    fmt_tasks(c["floor_tasks_last_month"]),
-                ]
-            )
-    rep.table(
-        (
-            "policy",
-            "plan",
-            "margin 0 at (tasks/month, month 1)",
-            f"margin 0 at (month {s.months})",
-            "floor",
-            "below floor at (month 1)",
-            f"below floor at (month {s.months})",
-        ),
-        rows,
-    )
+    rep.table(cliff_header(s.months), cliff_rows(run))
     for p in run.policies:
         fig = go.Figure()
         sc = p.scatter
@@ -202,11 +209,7 @@ def render_stress_report(run: StressRun) -> HtmlReport:
 
     rep.heading("What drives the cost")
     a = run.attribution
-    rows = [
-        [DRIVER_LABELS["base"], fmt_usd(a.base_usd), fmt_pct(a.base_usd / a.total_usd if a.total_usd else 0)]
-    ]
-    for d in DRIVERS:
-        rows.append([DRIVER_LABELS[d], fmt_usd(a.driver_usd[d]), fmt_pct(a.shares()[d])])
+    rows = driver_rows(run)
     rows.append(["total", fmt_usd(a.total_usd), "100%"])
     rep.table(("driver", "cost added", "share"), rows)
     fig = go.Figure()
