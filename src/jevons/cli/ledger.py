@@ -89,6 +89,22 @@ def _open_outbox(sink: str | None) -> Outbox:
     return open_outbox(settings, only=sink, amount_for=runtime.amount_for if runtime else None)
 
 
+@contextmanager
+def _outbox_session(sink: str | None) -> Iterator[Outbox]:
+    box = _open_outbox(sink)
+    try:
+        yield box
+    finally:
+        box.close()
+        box.ledger.close()
+
+
+def _echo_report(line: str, stopped: str | None) -> bool:
+    """Print one sink's outcome; True when the sink stopped early (the command then fails)."""
+    typer.echo(f"{line}; stopped: {stopped}" if stopped else line)
+    return bool(stopped)
+
+
 def register(app: typer.Typer) -> None:
     """Add this layer's commands to the top-level app."""
     outbox = typer.Typer(help="Deliveries of ledger events to billing sinks.", no_args_is_help=True)
@@ -133,32 +149,24 @@ def register(app: typer.Typer) -> None:
         max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
     ) -> None:
         """Deliver pending events now (progress bar on long drains)."""
-        with _errors():
-            box = _open_outbox(sink)
+        with _errors(), _outbox_session(sink) as box:
+            if not box.sinks:
+                typer.echo("no sinks configured")
+                return
             failed = False
-            try:
-                if not box.sinks:
-                    typer.echo("no sinks configured")
-                    return
-                with _progress() as progress:
-                    for name in box.sinks:
-                        task = progress.add_task(f"draining {name}", total=None)
+            with _progress() as progress:
+                for name in box.sinks:
+                    task = progress.add_task(f"draining {name}", total=None)
 
-                        def step(done: int, total: int, task: Any = task) -> None:
-                            progress.update(task, completed=done, total=total)
+                    def step(done: int, total: int, task: Any = task) -> None:
+                        progress.update(task, completed=done, total=total)
 
-                        report = box.drain(name, max_seconds=max_seconds, progress=step)
-                        progress.remove_task(task)
-                        line = (f"{name}: delivered {report.delivered}, dead-lettered "
-                                f"{report.dead_lettered}, held {report.held}, released "
-                                f"{report.released}, retries {report.retries} in {report.seconds:.1f}s")
-                        if report.stopped:
-                            failed = True
-                            line += f"; stopped: {report.stopped}"
-                        typer.echo(line)
-            finally:
-                box.close()
-                box.ledger.close()
+                    report = box.drain(name, max_seconds=max_seconds, progress=step)
+                    progress.remove_task(task)
+                    failed |= _echo_report(
+                        f"{name}: delivered {report.delivered}, dead-lettered {report.dead_lettered}, "
+                        f"held {report.held}, released {report.released}, retries {report.retries} "
+                        f"in {report.seconds:.1f}s", report.stopped)
         if failed:
             raise typer.Exit(1)
 
@@ -172,21 +180,13 @@ def register(app: typer.Typer) -> None:
         """Send dead-lettered events again (after fixing what the sink refused)."""
         if not dead_letter:
             _fail("say what to replay: --dead-letter")
-        with _errors():
-            box = _open_outbox(sink)
+        with _errors(), _outbox_session(sink) as box:
             failed = False
-            try:
-                for name in box.sinks:
-                    report = box.replay_dead_letters(name)
-                    line = (f"{name}: replayed {report.delivered}, still dead-lettered "
-                            f"{report.dead_lettered}")
-                    if report.stopped:
-                        failed = True
-                        line += f"; stopped: {report.stopped}"
-                    typer.echo(line)
-            finally:
-                box.close()
-                box.ledger.close()
+            for name in box.sinks:
+                report = box.replay_dead_letters(name)
+                failed |= _echo_report(
+                    f"{name}: replayed {report.delivered}, still dead-lettered {report.dead_lettered}",
+                    report.stopped)
         if failed:
             raise typer.Exit(1)
 
