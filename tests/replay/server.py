@@ -230,6 +230,7 @@ class Route:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY: no 40 ms delayed-ACK stall per small write
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
