@@ -66,7 +66,9 @@ def test_responses_stream_failed_is_an_error_attempt_with_usage(replay: ReplaySe
     assert events[-1].type == "response.failed"
     [event] = meter.events()
     assert event.status == "error" and event.usage.output_tokens == 12
-    assert event.cost.total_usd is not None and event.cost.total_usd > 0
+    # 36 input x 0.15/M + 12 output x 0.60/M
+    assert event.usage.input_tokens == 36
+    assert event.cost.total_usd == Decimal("0.0000126")
 
 
 def test_responses_stream_abandoned(replay: ReplayServer, meter: Meter) -> None:

@@ -85,7 +85,8 @@ def test_example_scenarios_are_valid() -> None:
     examples = sorted((Path(__file__).parents[2] / "examples" / "scenarios").glob("*.toml"))
     assert examples, "examples/scenarios/*.toml missing"
     for path in examples:
-        load_scenario(path).resolve_models(default_book())
+        s = load_scenario(path)
+        assert len(s.resolve_models(default_book())) == len(s.models), path.name
 
 
 def test_cli_bad_scenario_is_one_line_and_nonzero(tmp_path: Path) -> None:

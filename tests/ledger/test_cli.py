@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,8 @@ def test_reprice_prices_an_event_whose_price_appeared() -> None:
     assert "repriced 1 of 1 unpriced events" in result.stdout
     led = open_ledger(load_settings())
     ((seq, event),) = led.query_with_seq()
-    assert event.cost.status in ("priced", "estimated") and event.cost.total_usd
+    # bundled gpt-4o: 601 input x 2.50/M + 400 cached x 1.25/M + 200 output x 10/M
+    assert event.cost.status == "priced" and event.cost.total_usd == Decimal("0.0040025")
     assert event.cost.price_version and led.unpriced() == []
     assert [c.status for c in led.cost_history(seq)] == ["unpriced"]
     led.close()

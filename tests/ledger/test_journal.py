@@ -156,19 +156,24 @@ def test_16_threads_and_200_tasks_record_at_once(ledger: SQLLedger, tmp_path: Pa
     store = _store(ledger, tmp_path)
     per_thread = 150
     barrier = threading.Barrier(16)
+    failures: list[BaseException] = []  # an assert in a thread does not fail the test by itself
 
     def work(t: int) -> None:
-        barrier.wait()
-        for i in range(per_thread):
-            assert store.append(make_event(i, key=f"t{t}-{i}"))
-            if i % 10 == 0:  # and retries of the same key
-                assert not store.append(make_event(i, key=f"t{t}-{i}"))
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                assert store.append(make_event(i, key=f"t{t}-{i}"))
+                if i % 10 == 0:  # and retries of the same key
+                    assert not store.append(make_event(i, key=f"t{t}-{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
+    assert not failures, failures
 
     async def task(n: int) -> None:
         for i in range(5):

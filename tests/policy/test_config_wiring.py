@@ -14,7 +14,6 @@ from jevons.capture.attribution import Attribution
 from jevons.capture.errors import CapReached
 from jevons.cli.app import app
 from jevons.prices.book import PriceBook
-from jevons.sinks.lago import lago_cents
 from sinks.fakes import FakeBilling
 
 POLICY = """
@@ -72,4 +71,4 @@ def test_outbox_bills_lago_the_policy_charge(tmp_path: Path, monkeypatch: pytest
         sent = fake.state.received[event.idempotency_key]
     assert event.cost.total_usd == Decimal("0.0035")
     # the policy's charge (cost x 3, under the cap), not the config's bare markup (1.0)
-    assert Decimal(sent["precise_total_amount_cents"]) == lago_cents(Decimal("0.0105"))
+    assert Decimal(sent["precise_total_amount_cents"]) == Decimal("1.05")  # $0.0105 in cents

@@ -72,7 +72,8 @@ def test_sink_applies_each_event_once_and_tracks_balances(sqlite_store: SqlitePo
     assert bal["credits"]["total"] == D(30)
     assert bal["allowance_left"] == {"0:*": D(0)}
     keys = [a.key for a in alerts]
-    assert keys == ["allowance:0:*:0.5", "allowance:0:*:1"] or set(keys) >= {"allowance:0:*:1"}
+    # e1's 10 of included charge uses the whole allowance: both thresholds cross on it, in order
+    assert keys == ["allowance:0:*:0.5", "allowance:0:*:1"]
     rt(event("20", when=at(3)))
     keys = [a.key for a in alerts]
     assert "cap:0.5" in keys and "low_credit" in keys
@@ -136,7 +137,7 @@ def _check(store: PolicyStore, events: list) -> None:
     # 3 per event, 10 included, cap 150: order does not change these totals
     assert bal["billed"] == D(150)
     assert bal["credits"]["total"] == D(0)
-    assert bal["credits"]["paid"] >= 0
+    assert bal["credits"]["paid"] == D(0)  # the one grant is paid and fully drawn
     batch, rater = PolicyEngine(parse_policy(POLICY), extra_grants=[GRANT]).rate_customer("acme", events)
     assert rater.state is not None and rater.state.billed_total == bal["billed"]
     assert sum(r.credits_applied for r in batch) == D(100)

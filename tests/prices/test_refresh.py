@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -196,9 +197,19 @@ def test_refresher_respects_the_ttl(
     refresher = BackgroundRefresher(settings, PriceBook())
     age = refresher.age_seconds()
     assert age is not None and age < 60
+    checked = threading.Event()
+    real_age = refresher.age_seconds
+
+    def age_then_signal() -> float | None:
+        seen = real_age()
+        checked.set()
+        return seen
+
+    monkeypatch.setattr(refresher, "age_seconds", age_then_signal)
     refresher.start()
-    time.sleep(0.2)
-    refresher.stop()
+    assert checked.wait(10), "the refresher never checked the cache age"
+    refresher.stop()  # joins the thread: its decision after the age check has been acted on
+    assert refresher.last_report is None
     assert len(openrouter_server.requests) == 1  # the cache is fresh: nothing fetched
 
 

@@ -33,8 +33,16 @@ def test_stripe_meter_event_stream(ledger: SQLLedger) -> None:
     assert report.delivered == 120
     first = fake.state.bodies[0]["events"][0]
     assert set(first) == {"event_name", "identifier", "timestamp", "payload"}
-    assert first["payload"] == {"stripe_customer_id": "cus_123", "value": first["payload"]["value"]}
-    assert isinstance(first["payload"]["value"], str) and first["timestamp"].endswith("Z")
+    assert first["timestamp"].endswith("Z")
+    payloads = {ev["identifier"]: ev["payload"] for b in fake.state.bodies for ev in b["events"]}
+    # event 0: 1000 input of which 400 cache reads -> disjoint buckets 600 / 400 / 200, as strings
+    key0 = events[0].idempotency_key
+    assert {name: payloads[f"{key0}:{name}"] for name in
+            ("llm_input_tokens", "llm_cached_input_tokens", "llm_output_tokens")} == {
+        "llm_input_tokens": {"stripe_customer_id": "cus_123", "value": "600"},
+        "llm_cached_input_tokens": {"stripe_customer_id": "cus_123", "value": "400"},
+        "llm_output_tokens": {"stripe_customer_id": "cus_123", "value": "200"},
+    }
     assert all(len(b["events"]) <= 100 for b in fake.state.bodies)
     expected = {f"{e.idempotency_key}:{name}" for e in events
                 for name in ("llm_input_tokens", "llm_cached_input_tokens", "llm_output_tokens")}
@@ -60,8 +68,9 @@ def test_openmeter_cloudevents(ledger: SQLLedger) -> None:
     assert report.delivered == 30 and report.held == 1
     ce = fake.state.bodies[0][0]
     assert ce["specversion"] == "1.0" and ce["source"] == "svc-a" and ce["subject"] == "acme"
-    assert ce["data"]["input_tokens"] == events[0].usage.input_tokens
-    assert ce["data"]["cost_usd"] == format(events[0].cost.total_usd, "f").rstrip("0")
+    assert ce["data"]["input_tokens"] == 1000
+    # 600 x 2.5/M + 400 cached x 1.25/M + 200 x 10/M, as plain digits without trailing zeros
+    assert ce["data"]["cost_usd"] == "0.004"
     assert fake.keys == {f"svc-a|{e.idempotency_key}" for e in events}
 
 
