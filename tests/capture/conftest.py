@@ -5,6 +5,9 @@
 - ``test_book``: a ``PriceBook`` of the few models the capture tests call (``TEST_PRICES``;
   USD per million tokens as strings, turned into exact per-token Decimals).
 - ``meter``: ``Meter(book=test_book, ledger="memory")``, closed after the test.
+- ``list_price_meter``: the same over the default price book (``list_price_book``), for the
+  adapter tests that check costs against the providers' published prices; a test module
+  opts in by overriding its ``meter`` with it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 
 from jevons.capture.meter import Meter
 from jevons.prices.book import PriceBook
+from jevons.prices.loader import default_book
 from jevons.prices.model import Dim, PriceVersion
 from replay import ReplayServer
 
@@ -85,3 +89,14 @@ def meter(test_book: PriceBook) -> Iterator[Meter]:
         yield m
     finally:
         m.close()
+
+
+@pytest.fixture(scope="session")
+def list_price_book() -> PriceBook:
+    return default_book()
+
+
+@pytest.fixture
+def list_price_meter(list_price_book: PriceBook) -> Iterator[Meter]:
+    with Meter(book=list_price_book, ledger="memory") as m:
+        yield m

@@ -7,7 +7,6 @@ write / $6 1-hour write, web search $10 per 1,000; Haiku 4.5 $1 / $5; Opus 4.1 $
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -31,17 +30,9 @@ ASK: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def book() -> PriceBook:
-    from jevons.prices.loader import default_book
-
-    return default_book()
-
-
 @pytest.fixture
-def meter(book: PriceBook) -> Iterator[Meter]:
-    with Meter(book=book, ledger="memory") as m:
-        yield m
+def meter(list_price_meter: Meter) -> Meter:
+    return list_price_meter
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import gc
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +23,6 @@ from jevons.capture.adapters import bedrock_families
 from jevons.capture.meter import Meter
 from jevons.events import Event
 from jevons.prices.book import PriceBook
-from jevons.prices.loader import default_book
 from jevons.prices.model import Dim
 from jevons.usage import Usage
 from replay import ReplayServer, Reply, load_fixture
@@ -49,18 +48,9 @@ def _expected(name: str) -> Usage:
     return Usage(**_spec(name)["_expected"])
 
 
-@pytest.fixture(scope="module")
-def book() -> PriceBook:
-    return default_book()
-
-
 @pytest.fixture
-def bmeter(book: PriceBook) -> Iterator[Meter]:
-    m = Meter(book=book, ledger="memory")
-    try:
-        yield m
-    finally:
-        m.close()
+def bmeter(list_price_meter: Meter) -> Meter:
+    return list_price_meter
 
 
 ClientFactory = Callable[..., Any]
@@ -125,7 +115,7 @@ def test_wrapped_client_keeps_its_type_and_the_original_stays_unmetered(
      "us-west-2", "standard@us-west-2"),
 ])
 def test_converse_with_cache_priced_by_prefix_and_region(
-    model: str, region: str, variant: str, bmeter: Meter, book: PriceBook,
+    model: str, region: str, variant: str, bmeter: Meter, list_price_book: PriceBook,
     make_client: ClientFactory, replay: ReplayServer,
 ) -> None:
     replay.on(CONVERSE, "bedrock/converse_claude_cache")
@@ -135,7 +125,7 @@ def test_converse_with_cache_priced_by_prefix_and_region(
     assert event.usage == _expected("converse_claude_cache")
     assert event.model_requested == model and event.region == region
     assert event.cost.status == "priced"
-    total, version_id = _hand_priced(book, model, region, event.usage)
+    total, version_id = _hand_priced(list_price_book, model, region, event.usage)
     assert event.cost.total_usd == total
     assert event.cost.price_version == version_id and f":{variant}:" in version_id
 
@@ -231,7 +221,7 @@ def test_stream_dropped_unread_is_aborted(
 # ---------------------------------------------------------------------- invoke_model
 @pytest.mark.parametrize("name", [n for n in _names("invoke") if n != "invoke_unknown_shape"])
 def test_invoke_model_every_family(
-    name: str, bmeter: Meter, book: PriceBook, make_client: ClientFactory, replay: ReplayServer,
+    name: str, bmeter: Meter, list_price_book: PriceBook, make_client: ClientFactory, replay: ReplayServer,
 ) -> None:
     spec = _spec(name)
     replay.on(INVOKE, f"bedrock/{name}")
@@ -244,7 +234,7 @@ def test_invoke_model_every_family(
     assert event.usage == _expected(name)
     assert (event.status, event.usage_complete, event.needs_review) == ("ok", True, False)
     assert event.cost.total_usd is not None, event.cost.notes
-    version = book.lookup(spec["_model"], provider="bedrock", region=region)[1]
+    version = list_price_book.lookup(spec["_model"], provider="bedrock", region=region)[1]
     assert version is not None and event.cost.price_version == version.version_id
 
 

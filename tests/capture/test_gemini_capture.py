@@ -9,7 +9,6 @@ million image-output tokens; Google Search grounding at the book's $14 per 1,000
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +18,6 @@ from google.genai import errors, types
 
 from jevons.capture.meter import Meter
 from jevons.events import Event
-from jevons.prices.book import PriceBook
 from jevons.usage import Usage
 from replay import ReplayServer, Reply, load_fixture
 
@@ -28,17 +26,9 @@ GENERATE = r"^/v1(beta)?/models/[^/]+:generateContent$"
 STREAM = r"^/v1(beta)?/models/[^/]+:streamGenerateContent$"
 
 
-@pytest.fixture(scope="module")
-def book() -> PriceBook:
-    from jevons.prices.loader import default_book
-
-    return default_book()
-
-
 @pytest.fixture
-def meter(book: PriceBook) -> Iterator[Meter]:
-    with Meter(book=book, ledger="memory") as m:
-        yield m
+def meter(list_price_meter: Meter) -> Meter:
+    return list_price_meter
 
 
 def _client(replay: ReplayServer) -> genai.Client:

@@ -7,7 +7,6 @@ cached; Mistral Small (``mistral-small-2603``) $0.15 / $0.60.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +17,6 @@ from mistralai.client.utils.eventstreaming import EventStream, EventStreamAsync
 
 from jevons.capture.meter import Meter
 from jevons.events import Event
-from jevons.prices.book import PriceBook
 from jevons.usage import Usage
 from replay import RecordedRequest, ReplayServer, Reply, load_fixture
 
@@ -31,17 +29,9 @@ def _streaming(request: RecordedRequest) -> bool:
     return bool(request.json.get("stream"))
 
 
-@pytest.fixture(scope="module")
-def book() -> PriceBook:
-    from jevons.prices.loader import default_book
-
-    return default_book()
-
-
 @pytest.fixture
-def meter(book: PriceBook) -> Iterator[Meter]:
-    with Meter(book=book, ledger="memory") as m:
-        yield m
+def meter(list_price_meter: Meter) -> Meter:
+    return list_price_meter
 
 
 @pytest.fixture

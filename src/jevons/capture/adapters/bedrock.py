@@ -35,6 +35,7 @@ import binascii
 import io
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture.adapters import (
@@ -404,11 +405,10 @@ class BedrockStreamAccumulator:
         self.call.fail(error, self.result())
 
     def result(self) -> Extracted:
-        finished = self.fold.finished
+        """What the stream reported so far. Before its end, missing usage is only not yet
+        known (incomplete), not an unknown shape to review."""
         x = extracted_from_reading(self.fold.reading())
-        if finished and x.needs_review:
-            return x
-        if not finished:
+        if not self.fold.finished:
             x.complete = False
             x.needs_review = False
         return x
@@ -466,16 +466,15 @@ def _always(kwargs: dict[str, Any]) -> bool:
     return True
 
 
-def _never(kwargs: dict[str, Any]) -> bool:
-    return False
-
-
-_METHODS: dict[str, tuple[str, Callable[[dict[str, Any]], bool], bool]] = {
-    # method -> (api, is_stream, read the body)
-    "converse": (API_CONVERSE, _never, False),
-    "converse_stream": (API_CONVERSE_STREAM, _always, False),
-    "invoke_model": (API_INVOKE, _never, True),
-    "invoke_model_with_response_stream": (API_INVOKE_STREAM, _always, False),
+_METHODS: dict[str, tuple[MethodSpec, bool]] = {
+    # method -> (how it is metered, without the per-client ``prepare``; read the body)
+    "converse": (MethodSpec(API_CONVERSE, PROVIDER, model_kwarg="modelId"), False),
+    "converse_stream": (MethodSpec(API_CONVERSE_STREAM, PROVIDER, model_kwarg="modelId",
+                                   is_stream=_always, stream=_converse_stream), False),
+    "invoke_model": (MethodSpec(API_INVOKE, PROVIDER, model_kwarg="modelId",
+                                on_result=_on_invoke_result), True),
+    "invoke_model_with_response_stream": (MethodSpec(API_INVOKE_STREAM, PROVIDER, model_kwarg="modelId",
+                                                     is_stream=_always, stream=_invoke_stream), False),
 }
 
 
@@ -527,28 +526,15 @@ class BedrockAdapter:
         def prepare(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
             call.region = region
 
-        for method, (api, is_stream, read_body) in _METHODS.items():
+        for method, (spec, read_body) in _METHODS.items():
             original = getattr(client, method, None)
             if original is None:
                 continue
             provider_call = (_async_reading if is_async else _sync_reading)(original, read_body)
-            spec = MethodSpec(
-                api=api,
-                provider=PROVIDER,
-                model_kwarg="modelId",
-                prepare=prepare,
-                is_stream=is_stream,
-                stream=_converse_stream if method == "converse_stream" else (
-                    _invoke_stream if method == "invoke_model_with_response_stream" else None),
-                on_result=_on_invoke_result if method == "invoke_model" else _finish,
-            )
-            metered = instrument(meter, provider_call, spec, attribution, provider or PROVIDER)
+            metered = instrument(meter, provider_call, replace(spec, prepare=prepare), attribution,
+                                 provider or PROVIDER)
             patch_method(wrapped, method, metered)
         return wrapped
-
-
-def _finish(call: Call, result: Any) -> None:
-    call.finish(result)
 
 
 register_adapter(BedrockAdapter())

@@ -37,6 +37,7 @@ from jevons.capture.adapters.bedrock_usage import (
     BedrockReading,
     UnknownShape,
     as_int,
+    message_tool_uses,
     token_headers,
     usage_from_converse_usage,
     usage_from_headers,
@@ -98,14 +99,8 @@ def _nova(body: Mapping[str, Any]) -> Found | None:
     block = body.get("usage")
     if not isinstance(block, Mapping) or "inputTokens" not in block:
         return None
-    output = body.get("output")
-    message = output.get("message") if isinstance(output, Mapping) else None
-    content = message.get("content") if isinstance(message, Mapping) else None
-    tools = 0
-    if isinstance(content, list):
-        tools = sum(1 for b in content if isinstance(b, Mapping) and "toolUse" in b)
     try:
-        return usage_from_converse_usage(block, tool_calls=tools), _plain(block)
+        return usage_from_converse_usage(block, tool_calls=message_tool_uses(body)), _plain(block)
     except (UnknownShape, ValueError):
         return None
 

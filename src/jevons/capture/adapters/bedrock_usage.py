@@ -33,7 +33,9 @@ __all__ = [
     "BedrockReading",
     "ConverseStreamFold",
     "UnknownShape",
+    "as_int",
     "headers_of",
+    "message_tool_uses",
     "parse_body",
     "reading_from_converse",
     "token_headers",
@@ -70,7 +72,9 @@ class BedrockReading:
     notes: tuple[str, ...] = field(default=())
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """A non-negative token count from an int or a digit string; anything else is ``None``
+    (unlike ``extract.to_int``, which raises: here a missing count selects another reader)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -80,7 +84,12 @@ def _int(value: Any) -> int | None:
     return None
 
 
-def _tool_uses(content: Any) -> int:
+def message_tool_uses(response: Mapping[str, Any]) -> int:
+    """The ``toolUse`` blocks of ``output.message.content``: a Converse response or a Nova
+    invoke body (the same message shape)."""
+    output = response.get("output")
+    message = output.get("message") if isinstance(output, Mapping) else None
+    content = message.get("content") if isinstance(message, Mapping) else None
     if not isinstance(content, list):
         return 0
     return sum(1 for block in content if isinstance(block, Mapping) and "toolUse" in block)
@@ -92,22 +101,22 @@ def usage_from_converse_usage(block: Mapping[str, Any], *, tool_calls: int = 0) 
     Accepts the Converse spelling (``cacheReadInputTokens``) and Nova's invoke-body spelling
     (``cacheReadInputTokenCount``).
     """
-    uncached = _int(block.get("inputTokens"))
-    output = _int(block.get("outputTokens"))
+    uncached = as_int(block.get("inputTokens"))
+    output = as_int(block.get("outputTokens"))
     if uncached is None or output is None:
         raise UnknownShape("Bedrock usage block has no integer inputTokens/outputTokens")
-    cache_read = _int(block.get("cacheReadInputTokens"))
+    cache_read = as_int(block.get("cacheReadInputTokens"))
     if cache_read is None:
-        cache_read = _int(block.get("cacheReadInputTokenCount")) or 0
-    writes = _int(block.get("cacheWriteInputTokens"))
+        cache_read = as_int(block.get("cacheReadInputTokenCount")) or 0
+    writes = as_int(block.get("cacheWriteInputTokens"))
     if writes is None:
-        writes = _int(block.get("cacheWriteInputTokenCount")) or 0
+        writes = as_int(block.get("cacheWriteInputTokenCount")) or 0
     write_1h = 0
     details = block.get("cacheDetails")
     if isinstance(details, list):
         for detail in details:
             if isinstance(detail, Mapping) and detail.get("ttl") == "1h":
-                write_1h += _int(detail.get("inputTokens")) or 0
+                write_1h += as_int(detail.get("inputTokens")) or 0
     write_1h = min(write_1h, writes)
     return Usage(
         input_tokens=uncached + cache_read + writes,
@@ -121,12 +130,12 @@ def usage_from_converse_usage(block: Mapping[str, Any], *, tool_calls: int = 0) 
 
 def usage_from_invocation_metrics(metrics: Mapping[str, Any], *, tool_calls: int = 0) -> Usage:
     """Canonical usage of ``amazon-bedrock-invocationMetrics`` (uncached prompt + caches)."""
-    uncached = _int(metrics.get("inputTokenCount"))
-    output = _int(metrics.get("outputTokenCount"))
+    uncached = as_int(metrics.get("inputTokenCount"))
+    output = as_int(metrics.get("outputTokenCount"))
     if uncached is None or output is None:
         raise UnknownShape("invocation metrics have no inputTokenCount/outputTokenCount")
-    cache_read = _int(metrics.get("cacheReadInputTokenCount")) or 0
-    writes = _int(metrics.get("cacheWriteInputTokenCount")) or 0
+    cache_read = as_int(metrics.get("cacheReadInputTokenCount")) or 0
+    writes = as_int(metrics.get("cacheWriteInputTokenCount")) or 0
     return Usage(
         input_tokens=uncached + cache_read + writes,
         output_tokens=output,
@@ -151,12 +160,12 @@ def token_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
 def usage_from_headers(headers: Mapping[str, Any] | None, *, tool_calls: int = 0) -> Usage | None:
     """Usage from the ``x-amzn-bedrock-*-token-count`` headers, or ``None`` if absent."""
     found = token_headers(headers)
-    uncached = _int(found.get(HEADER_INPUT))
-    output = _int(found.get(HEADER_OUTPUT))
+    uncached = as_int(found.get(HEADER_INPUT))
+    output = as_int(found.get(HEADER_OUTPUT))
     if uncached is None or output is None:
         return None
-    cache_read = _int(found.get(HEADER_CACHE_READ)) or 0
-    writes = _int(found.get(HEADER_CACHE_WRITE)) or 0
+    cache_read = as_int(found.get(HEADER_CACHE_READ)) or 0
+    writes = as_int(found.get(HEADER_CACHE_WRITE)) or 0
     return Usage(
         input_tokens=uncached + cache_read + writes,
         output_tokens=output,
@@ -179,9 +188,7 @@ def headers_of(response: Mapping[str, Any]) -> Mapping[str, Any]:
 def reading_from_converse(response: Mapping[str, Any]) -> BedrockReading:
     """Usage of a ``converse`` response dict (boto3's parsed form)."""
     block = response.get("usage")
-    output = response.get("output")
-    message = output.get("message") if isinstance(output, Mapping) else None
-    tools = _tool_uses(message.get("content")) if isinstance(message, Mapping) else 0
+    tools = message_tool_uses(response)
     if not isinstance(block, Mapping):
         return BedrockReading(None, _raw_keys(response), "none", notes=("converse response has no usage",))
     raw = {str(k): v for k, v in block.items()}
@@ -194,11 +201,6 @@ def reading_from_converse(response: Mapping[str, Any]) -> BedrockReading:
 
 def _raw_keys(response: Mapping[str, Any]) -> dict[str, Any]:
     return {"keys": sorted(str(k) for k in response if k != "ResponseMetadata")}
-
-
-def as_int(value: Any) -> int | None:
-    """A non-negative token count from an int or a digit string; anything else is ``None``."""
-    return _int(value)
 
 
 def parse_body(data: bytes | str | None) -> Mapping[str, Any] | None:

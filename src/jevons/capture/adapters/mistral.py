@@ -86,7 +86,11 @@ def _cached(block: Any) -> int:
 
 def usage_from_usage_block(block: Any, *, tool_calls: int = 0) -> Usage:
     """Canonical usage of one Mistral ``usage`` object (JSON dict or SDK ``UsageInfo``)."""
-    block = _reported(block)
+    return _usage_of_reported(_reported(block), tool_calls)
+
+
+def _usage_of_reported(block: dict[str, Any] | None, tool_calls: int) -> Usage:
+    """Canonical usage of a block already reduced to what was received (``_reported``)."""
     if _get(block, "prompt_tokens") is None and _get(block, "completion_tokens") is None:
         raise UnknownShape("Mistral usage has neither prompt_tokens nor completion_tokens")
     prompt = _count(block, "prompt_tokens")
@@ -122,12 +126,16 @@ def _tool_calls(response: Any) -> int:
     return total
 
 
-def usage_from_response(response: Any) -> Usage:
-    """Canonical usage of a whole ``ChatCompletionResponse`` (JSON dict or SDK object)."""
-    block = _get(response, "usage")
+def _reported_usage(response: Any) -> dict[str, Any]:
+    block = _reported(_get(response, "usage"))
     if block is None:
         raise UnknownShape("Mistral response has no usage block")
-    return usage_from_usage_block(block, tool_calls=_tool_calls(response))
+    return block
+
+
+def usage_from_response(response: Any) -> Usage:
+    """Canonical usage of a whole ``ChatCompletionResponse`` (JSON dict or SDK object)."""
+    return _usage_of_reported(_reported_usage(response), _tool_calls(response))
 
 
 def _model(response: Any) -> str | None:
@@ -142,11 +150,10 @@ def _tier(block: Any) -> str | None:
 
 def extract_response(response: Any, model: str | None = None) -> Extracted:
     """The extractor registered for ``("mistral", "chat")``: a whole ``ChatCompletionResponse``."""
-    usage = usage_from_response(response)
-    block = _reported(_get(response, "usage"))
+    block = _reported_usage(response)  # dumped once: ``model_dump`` is the costly step here
     why = needs_review(block)
     return Extracted(
-        usage=usage,
+        usage=_usage_of_reported(block, _tool_calls(response)),
         model=_model(response) or model,
         needs_review=why is not None,
         raw_usage=block,
@@ -211,7 +218,7 @@ class MistralStreamState:
     def usage(self) -> Usage:
         if not self.has_usage:
             raise UnknownShape("the Mistral stream reported no usage")
-        return usage_from_usage_block(self.raw, tool_calls=self.tool_calls)
+        return _usage_of_reported(self.raw, self.tool_calls)
 
     def result(self) -> Extracted:
         """What the stream reported so far; ``complete`` only once a choice finished and the
