@@ -7,14 +7,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import jevons
 from jevons.config import ConfigError
-from jevons.prices.book import Adjustment
+from jevons.prices.book import Adjustment, PriceBook
 from jevons.prices.loader import default_book, load_bundled_book, reset_default_book
 from jevons.prices.model import Dim, Layer, PriceVersion, ServiceTier
+from jevons.prices.resolve import Resolution
 from jevons.usage import Usage
 
 M = Decimal("0.000001")
@@ -225,3 +227,48 @@ def test_a_scheduled_price_takes_over_by_itself() -> None:
     assert book.cost("gpt-4o", U, at=soon).total_usd == Decimal(2)
     time.sleep(max((soon - datetime.now(UTC)).total_seconds(), 0) + 0.05)
     assert book.cost("gpt-4o", U).total_usd == Decimal(2)  # the cached current price rolled over
+
+
+def test_a_lookup_racing_a_price_change_does_not_cache_the_old_price() -> None:
+    """A call priced while another thread adds a price looks again: the old price must not
+    stay in the hot cache, which lives until the next change."""
+    book = PriceBook([version(Layer.BUNDLED, 1)])
+    assert book.cost("gpt-4o", U).total_usd == Decimal(2)  # warms the current-price cache
+    cache = book._current_cache
+
+    class AddsMeanwhile(dict[tuple[object, ...], tuple[PriceVersion | None, tuple[str, ...]]]):
+        def get(self, key: Any, default: Any = None) -> Any:
+            hit = super().get(key, default)  # read before the change...
+            if hit is not None and not racing:
+                racing.append(True)
+                book.add(version(Layer.OVERRIDE, 3))  # ...which lands before the cache write
+            return hit
+
+    racing: list[bool] = []
+    book._current_cache = AddsMeanwhile(cache)
+    # another spelling: a current-cache hit, read just before the change
+    assert book.cost("gpt-4o", U, provider="openai").total_usd == Decimal(6)
+    assert racing
+    assert book.cost("gpt-4o", U, provider="openai").total_usd == Decimal(6)
+
+
+def test_a_resolution_racing_a_new_model_does_not_cache_the_old_match(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    book = PriceBook([version(Layer.BUNDLED, 1, model="gpt-4o-2024-08-06")])
+    resolve = book.resolve
+    racing: list[bool] = []
+
+    def resolve_then_add(name: str, provider: str | None = None) -> Resolution:
+        res = resolve(name, provider)  # the dated model, by normalised name...
+        if not racing:
+            racing.append(True)
+            book.add(version(Layer.BUNDLED, 3))  # ...while the exact gpt-4o arrives
+        return res
+
+    monkeypatch.setattr(book, "resolve", resolve_then_add)
+    racing_cost = book.cost("gpt-4o", U)
+    assert racing
+    cost = book.cost("gpt-4o", U)
+    assert (racing_cost.model, racing_cost.total_usd) == ("gpt-4o", Decimal(6))
+    assert (cost.model, cost.total_usd) == ("gpt-4o", Decimal(6))

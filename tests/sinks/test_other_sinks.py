@@ -4,6 +4,7 @@ built from config with secrets only from the environment."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,21 @@ def test_sinks_from_config_take_secrets_from_the_environment(
     raw = b"".join(p.read_bytes() for p in db.parent.glob("ledger.db*"))
     assert b"connection error" in raw  # the error is in the ledger...
     assert b"lago-secret-value" not in raw  # ...the secret is not
+
+
+@pytest.mark.parametrize("ts", [
+    datetime(2026, 3, 1, 12, 30),  # naive: UTC, as the ledger reads it
+    datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2))),
+])
+def test_stripe_and_openmeter_send_event_times_in_utc(ts: datetime) -> None:
+    event = make_event(1, customer="cus_1", ts=ts)
+    stripe = StripeMeterSink("stripe", "http://127.0.0.1:1", STRIPE_KEY)
+    meter = OpenMeterSink("om", "http://127.0.0.1:1", None)
+    try:
+        stripe_records, meter_records = stripe.prepare(event), meter.prepare(event)
+    finally:
+        stripe.close()
+        meter.close()
+    assert isinstance(stripe_records, list) and isinstance(meter_records, list)
+    assert {r["timestamp"] for r in stripe_records} == {"2026-03-01T12:30:00Z"}
+    assert meter_records[0]["time"] == "2026-03-01T12:30:00Z"

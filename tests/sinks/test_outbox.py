@@ -210,3 +210,33 @@ def test_a_sink_bug_is_retried_then_reported_not_raised(sqlite_only: SQLLedger) 
     report = Outbox(sqlite_only, {"broken": Broken()}, retry=FAST).drain("broken")
     assert report.stopped and "KeyError" in report.stopped and report.retries == FAST.max_attempts
     assert sqlite_only.sink_state("broken").position == 0  # nothing skipped
+
+
+def test_replay_counts_an_event_the_sink_still_cannot_prepare(sqlite_only: SQLLedger) -> None:
+    class Fussy:
+        name = "fussy"
+        max_batch = 10
+        broken = True
+
+        def prepare(self, event: object) -> list[dict[str, object]]:
+            if self.broken:
+                raise ValueError("no meter for this event")
+            return [{"k": 1}]
+
+        def send(self, records: object) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    _fill(sqlite_only, 2)
+    sink = Fussy()
+    box = Outbox(sqlite_only, {"fussy": sink}, retry=FAST)
+    assert box.drain("fussy").dead_lettered == 2
+    replay = box.replay_dead_letters("fussy")  # still broken: both stay dead-lettered
+    assert (replay.delivered, replay.dead_lettered) == (0, 2)
+    assert len(sqlite_only.parked("fussy", "dead_letter")) == 2
+    sink.broken = False
+    replay = box.replay_dead_letters("fussy")
+    assert (replay.delivered, replay.dead_lettered) == (2, 0)
+    assert sqlite_only.parked("fussy") == []

@@ -139,6 +139,8 @@ class PriceBook:
         self._current_cache: dict[tuple[object, ...], tuple[PriceVersion | None, tuple[str, ...]]] = {}
         # (name, provider, tier, region) -> lookup result now: one dict hit on the hot path
         self._hot: dict[tuple[object, ...], tuple[Resolution, PriceVersion | None, tuple[str, ...]]] = {}
+        # bumped by every change: a lookup that raced one must not cache what it found before it
+        self._generation = 0
         for v in versions:
             self._add(v)
         self._boundary_ts = self._next_boundary()
@@ -184,6 +186,7 @@ class PriceBook:
             self._normal[normalise(alias)].add(key)
 
     def _clear_caches(self) -> None:
+        self._generation += 1
         self._resolve_cache.clear()
         self._current_cache.clear()
         self._hot.clear()
@@ -371,6 +374,10 @@ class PriceBook:
         Returns the resolution, the version (or ``None``) and notes on any approximation made
         (a missing service tier or region priced from the standard / default variant).
         """
+        if at is None and _time() >= self._boundary_ts:  # a dated price or adjustment started or ended
+            with self._lock:
+                self._clear_caches()
+        generation = self._generation  # what the book was when ``res`` and ``hit`` were read
         res = self.resolve(name, provider)
         if not res.found:
             return res, None, ()
@@ -381,14 +388,15 @@ class PriceBook:
         want_region = region or res.region
         cache_key = (res.provider, res.model, want_tier, res.geo, want_region, at)
         if at is None:
-            if _time() >= self._boundary_ts:  # a dated price or adjustment started or ended
-                with self._lock:
-                    self._clear_caches()
             hit = self._current_cache.get(cache_key)
             if hit is not None:
-                self._hot[(name, provider, tier, region)] = (res, hit[0], hit[1])
-                return res, hit[0], hit[1]
+                with self._lock:
+                    if self._generation == generation:
+                        self._hot[(name, provider, tier, region)] = (res, hit[0], hit[1])
+                        return res, hit[0], hit[1]
         with self._lock:
+            if self._generation != generation:  # the book changed meanwhile: look again, locked
+                return self.lookup(name, provider=provider, at=at, tier=tier, region=region)
             when = at or datetime.now(UTC)
             version, notes = self._find(res, want_tier, want_region, when)
             if version is not None:

@@ -19,12 +19,11 @@ import json
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from jevons.prices.model import Dim, Layer, PriceVersion, ServiceTier, Tier
+from jevons.prices.model import Layer, PriceVersion
 
 __all__ = [
     "SNAPSHOT_NAME",
@@ -60,40 +59,7 @@ def load_versions(blob: bytes, *, layer: Layer) -> tuple[list[PriceVersion], dic
     doc = json.loads(gzip.decompress(blob))
     if doc.get("format") != FORMAT:
         raise ValueError(f"price snapshot format {doc.get('format')!r} is not {FORMAT}")
-    return [_from_row(row, layer) for row in doc["versions"]], dict(doc.get("meta") or {})
-
-
-_DIMS = {d.value: d for d in Dim}
-_TIERS = {t.value: t for t in ServiceTier}
-
-
-def _from_row(row: dict[str, Any], layer: Layer) -> PriceVersion:
-    """``PriceVersion.from_dict`` for our own compact rows, without the generic checks' cost
-    (the constructor still refuses negative prices; ``Decimal`` still refuses non-numbers)."""
-
-    def rates(raw: dict[str, str]) -> dict[Dim, Decimal]:
-        return {_DIMS[k]: Decimal(v) for k, v in raw.items()}
-
-    def when(raw: str | None) -> datetime | None:
-        return datetime.fromisoformat(raw) if raw else None
-
-    return PriceVersion(
-        provider=row["provider"],
-        model=row["model"],
-        rates=rates(row["rates"]),
-        source=row["source"],
-        layer=layer,
-        service_tier=_TIERS[row.get("service_tier", "standard")],
-        geo=row.get("geo"),
-        region=row.get("region"),
-        tiers=tuple(Tier(int(t["above_input_tokens"]), rates(t["rates"])) for t in row.get("tiers", ())),
-        valid_from=when(row.get("valid_from")),
-        valid_to=when(row.get("valid_to")),
-        fetched_at=when(row.get("fetched_at")),
-        aliases=tuple(row.get("aliases", ())),
-        version_id=row["version_id"],
-        extra=dict(row.get("extra", {})),
-    )
+    return [PriceVersion.from_dict(row, layer=layer) for row in doc["versions"]], dict(doc.get("meta") or {})
 
 
 def bundled_resource(name: str) -> bytes:

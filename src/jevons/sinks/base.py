@@ -19,6 +19,7 @@ import email.utils
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
@@ -34,6 +35,7 @@ __all__ = [
     "SinkUnavailable",
     "TransientError",
     "parse_retry_after",
+    "rfc3339",
 ]
 
 Record = dict[str, Any]
@@ -100,6 +102,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def rfc3339(ts: datetime) -> str:
+    """An event time as the RFC 3339 UTC text billing APIs want (``...Z``); naive times are
+    taken as UTC, as the ledger takes them."""
+    utc = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return utc.isoformat().replace("+00:00", "Z")
 
 
 class HttpSink:

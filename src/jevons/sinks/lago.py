@@ -132,11 +132,12 @@ class LagoSink(HttpSink):
         ts = lago_timestamp(event)
         if self.mode == "price":
             # never bill an unpriced call, whatever amount_for would say: it waits for a price
-            amount = None if event.cost.total_usd is None else self.amount_for(event)
-            if amount is None:
+            total = event.cost.total_usd
+            amount = None if total is None else self.amount_for(event)
+            if total is None or amount is None:
                 return Hold("waiting_for_price", f"{event.model_requested}: unpriced")
             props = dict(common)
-            props["cost_usd"] = decimal_str(event.cost.total_usd or Decimal(0))
+            props["cost_usd"] = decimal_str(total)
             props["amount_usd"] = decimal_str(amount)
             props["price_version"] = event.cost.price_version or ""
             props["cost_status"] = event.cost.status

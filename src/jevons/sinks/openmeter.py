@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jevons.events import Event
-from jevons.sinks.base import Hold, HttpSink, Record
+from jevons.sinks.base import Hold, HttpSink, Record, rfc3339
 from jevons.sinks.lago import BUCKETS, decimal_str
 
 __all__ = ["OpenMeterSink"]
@@ -69,7 +69,7 @@ class OpenMeterSink(HttpSink):
             "source": self.source,
             "type": self.event_type,
             "subject": event.customer,
-            "time": event.timestamp.isoformat().replace("+00:00", "Z"),
+            "time": rfc3339(event.timestamp),
             "datacontenttype": "application/json",
             "data": data,
         }]

@@ -290,19 +290,7 @@ class Outbox:
                 if not released:
                     break
                 after = released[-1][0]
-                park: list[tuple[int, str, str | None]] = []
-                items = self._prepare(sink, released, park)
-                try:
-                    ok, dead = self._deliver(sink, items, report, deadline)
-                except _Stop as stop:
-                    report.stopped = str(stop)
-                    break
-                park += [(s, DEAD_LETTER, e) for s, e in dead]
-                self.ledger.commit_delivery(name, position=None, delivered=len(ok), park=park,
-                                            unpark=ok)
-                report.delivered += len(ok)
-                report.released += len(ok)
-                report.dead_lettered += len(dead)
+                report.released += self._resend_parked(name, sink, released, report, deadline)
             # 2. everything after the cursor
             done = 0
             while report.stopped is None:
@@ -313,7 +301,7 @@ class Outbox:
                 if not chunk:
                     break
                 self.ledger.acquire_lease(name, self._owner, self._lease_ttl)
-                park = []
+                park: list[tuple[int, str, str | None]] = []
                 items = self._prepare(sink, chunk, park)
                 try:
                     ok, dead = self._deliver(sink, items, report, deadline)
@@ -350,21 +338,30 @@ class Outbox:
         seqs = [p.seq for p in self.ledger.parked(name, DEAD_LETTER)]
         for i in range(0, len(seqs), self.fetch_size):
             chunk = self.ledger.events_by_seq(seqs[i : i + self.fetch_size])
-            park: list[tuple[int, str, str | None]] = []
-            items = self._prepare(sink, chunk, park)
-            try:
-                ok, dead = self._deliver(sink, items, report, deadline)
-            except _Stop as stop:
-                report.stopped = str(stop)
-                self.ledger.record_sink_error(name, str(stop)[:500])
+            self._resend_parked(name, sink, chunk, report, deadline)
+            if report.stopped is not None:
+                self.ledger.record_sink_error(name, report.stopped[:500])
                 break
-            park += [(s, DEAD_LETTER, e) for s, e in dead]
-            self.ledger.commit_delivery(name, position=None, delivered=len(ok), park=park,
-                                        unpark=ok)
-            report.delivered += len(ok)
-            report.dead_lettered += len(dead)
         report.seconds = time.monotonic() - started
         return report
+
+    def _resend_parked(self, name: str, sink: Sink, chunk: Sequence[tuple[int, Event]],
+                       report: DrainReport, deadline: float | None) -> int:
+        """Send parked events again (behind the cursor, so it stays where it is): those sent
+        are unparked, those refused (again) stay dead-lettered. Returns the number sent; a
+        stop is left in ``report.stopped`` with nothing committed."""
+        park: list[tuple[int, str, str | None]] = []
+        items = self._prepare(sink, chunk, park)
+        try:
+            ok, dead = self._deliver(sink, items, report, deadline)
+        except _Stop as stop:
+            report.stopped = str(stop)
+            return 0
+        park += [(s, DEAD_LETTER, e) for s, e in dead]
+        self.ledger.commit_delivery(name, position=None, delivered=len(ok), park=park, unpark=ok)
+        report.delivered += len(ok)
+        report.dead_lettered += sum(1 for _, reason, _ in park if reason == DEAD_LETTER)
+        return len(ok)
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> list[SinkStatus]:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from jevons.events import Event
-from jevons.sinks.base import Hold, HttpSink, Record, SinkUnavailable, TransientError
+from jevons.sinks.base import Hold, HttpSink, Record, SinkUnavailable, TransientError, rfc3339
 from jevons.sinks.lago import BUCKETS, DEFAULT_METRIC_CODES
 
 __all__ = ["StripeMeterSink"]
@@ -54,7 +54,7 @@ class StripeMeterSink(HttpSink):
     def prepare(self, event: Event) -> list[Record] | Hold:
         if event.customer is None:
             return Hold("unattributed", "no customer: no Stripe customer to bill")
-        ts = event.timestamp.isoformat().replace("+00:00", "Z")
+        ts = rfc3339(event.timestamp)
         out: list[Record] = []
         for bucket, count_of in BUCKETS.items():
             count = count_of(event.usage)
