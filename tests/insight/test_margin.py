@@ -18,6 +18,7 @@ from jevons.config import load_settings
 from jevons.events import Event
 from jevons.insight.alerts import WebhookAlertSink, deliver_alerts
 from jevons.insight.margin import GROUPINGS, build_margin_report, driver_breakdown
+from jevons.insight.presets import builtin_policy_path
 from jevons.insight.rating import load_policy_file
 from jevons.ledger import open_store
 from jevons.policy.engine import PolicyEngine
@@ -236,3 +237,33 @@ def test_cli_margin_bad_input_is_one_line(ledger_with_events: None) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert words in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_report_reads_back_to_the_first_credit_grant(tmp_path: Path) -> None:
+    """Credits carry across periods: usage of January draws a grant, so a March report must rate
+    January too (as ``jevons invoice`` does), or it draws that credit a second time."""
+    text = builtin_policy_path("cost-plus").read_text()
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(
+        text + "\n[customers.walleted]\nplan = \"starter\"\n"
+        "[[customers.walleted.credits]]\namount = 100\nkind = \"promotional\"\n"
+        "effective = 2026-01-01T00:00:00Z\n"
+    )
+    jan = datetime(2026, 1, 10, tzinfo=UTC)
+    events = heavy_month("walleted", jan, 60) + heavy_month("walleted", FEB, 1) + heavy_month(
+        "walleted", MAR, 1)
+    store = open_store(load_settings())
+    try:
+        for e in events:
+            store.append(e)
+    finally:
+        store.close()
+    engine = PolicyEngine(load_policy_file(str(policy_file)))
+    invoice = engine.invoice("walleted", "2026-03", events)
+    assert invoice.revenue != engine.invoice("walleted", "2026-03", [
+        e for e in events if e.timestamp >= FEB]).revenue  # January's draw matters here
+    result = CliRunner().invoke(
+        app, ["margin", "--policy", str(policy_file), "--period", "2026-03", "--json"])
+    assert result.exit_code == 0, result.output
+    row = next(r for r in json.loads(result.output)["rows"] if r["key"] == "walleted")
+    assert Decimal(row["revenue"]) == invoice.revenue

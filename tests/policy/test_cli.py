@@ -121,3 +121,27 @@ def test_invoice_and_rerate_from_the_ledger(tmp_path: Path, policy_file: Path,
     assert rows["acme"]["before"] == "16.50" and rows["acme"]["after"] == "14.88"
     assert rows["acme"]["difference"] == "-1.62"
     assert rows["bob"]["difference"] == "-3.50"
+
+
+def test_rerate_of_all_customers_reads_back_to_their_credit_grants(
+        policy_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """February's usage used up acme's grant: re-rating March for every customer must rate
+    February too (as ``jevons invoice`` does), or it draws that credit a second time."""
+    from jevons.ledger import open_store
+
+    res = runner.invoke(app, ["credits", "grant", "--customer", "acme", "--amount", "15", "--kind",
+                              "promotional", "--effective", "2026-02-01", "--id", "promo1"])
+    assert res.exit_code == 0, res.output
+    store = open_store()
+    store.append_many([event("5", when=at(3, month=2)), event("1.25", when=at(2)),
+                       event("7", customer="bob")])
+    store.close()
+    monkeypatch.setenv("JEVONS_BILLING__POLICY_FILE", str(policy_file))
+    res = runner.invoke(app, ["invoice", "--customer", "acme", "--period", "2026-03", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["total_due"] == "12.50"  # February's $20 drew all $15
+    res = runner.invoke(app, ["rerate", "--period", "2026-03", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["customer"]: r for r in json.loads(res.output)["customers"]}
+    assert sorted(rows) == ["acme", "bob"]
+    assert rows["acme"]["before"] == rows["acme"]["after"] == "12.50"

@@ -176,7 +176,10 @@ def _ledger_events(engine: PolicyEngine, customer: str | None, period: str) -> l
         _die("no ledger available (jevons.ledger.open_store)")
     store = open_store()
     try:
-        since = engine.history_start(customer, period)
+        # credits carry across periods: read back to the first grant's period (every
+        # customer's when re-rating them all), or its credit would be drawn again
+        since = (engine.history_start(customer, period) if customer is not None
+                 else engine.history_start_all(period))
         until = period_bounds(period)[1]
         return list(store.query(ledger.EventQuery(customer=customer, since=since, until=until)))
     finally:
@@ -275,8 +278,11 @@ def register(app: typer.Typer) -> None:
             period_bounds(period)
             after_engine = _engine(policy, with_store_grants=True)
             before_engine = _engine(before, with_store_grants=True) if before else after_engine
+            from jevons.policy.periods import period_of
+
             evs = _ledger_events(after_engine, customer, period)
-            customers = sorted({e.customer for e in evs if customer is None or e.customer == customer},
+            customers = sorted({e.customer for e in evs if period_of(e.timestamp) == period
+                                and (customer is None or e.customer == customer)},
                                key=lambda c: c or "")
             rows: list[dict[str, Any]] = []
             for cust in customers:

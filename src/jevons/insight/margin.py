@@ -79,6 +79,17 @@ def _pct(margin: Decimal, revenue: Decimal) -> Decimal | None:
     return None if revenue == 0 else margin / revenue
 
 
+def _under_floor(margin_pct: Decimal | None, cost: Decimal, floor: Decimal) -> bool:
+    """Margin % below ``floor``; cost with no revenue at all counts as under it."""
+    return (margin_pct is None and cost > 0) or (margin_pct is not None and margin_pct < floor)
+
+
+def _status(margin: Decimal, margin_pct: Decimal | None, cost: Decimal, floor: Decimal) -> str:
+    if margin < 0:
+        return "past cliff"
+    return "under floor" if _under_floor(margin_pct, cost, floor) else "ok"
+
+
 @dataclass(frozen=True, slots=True)
 class DriverBreakdown:
     """Shares of one customer's period cost (0..1 each; they overlap, they are not a split)."""
@@ -187,24 +198,16 @@ class CustomerMargin:
 
     @property
     def under_floor(self) -> bool:
-        pct = self.margin_pct
-        return (pct is None and self.cost > 0) or (pct is not None and pct < self.floor)
+        return _under_floor(self.margin_pct, self.cost, self.floor)
 
     @property
     def status(self) -> str:
-        return "past cliff" if self.past_cliff else "under floor" if self.under_floor else "ok"
+        return _status(self.margin, self.margin_pct, self.cost, self.floor)
 
     def previous_status(self) -> str | None:
-        if self.previous is None:
-            return None
+        """The previous period's status, judged against this period's floor."""
         prev = self.previous
-        if prev.margin < 0:
-            return "past cliff"
-        if (prev.margin_pct is None and prev.cost > 0) or (
-            prev.margin_pct is not None and prev.margin_pct < self.floor
-        ):
-            return "under floor"
-        return "ok"
+        return None if prev is None else _status(prev.margin, prev.margin_pct, prev.cost, self.floor)
 
     def to_dict(self) -> dict[str, Any]:
         pct = self.margin_pct
@@ -282,11 +285,8 @@ class MarginReport:
 
 
 def _plan_floor(policy: Policy, customer: str, plan: str, default: Decimal) -> Decimal:
-    p = policy.plan_for(customer, plan)
-    floors = [c.floor for c in p.classes.values() if c.floor is not None]
-    if p.period_floor is not None:
-        floors.append(p.period_floor)
-    return max(floors) if floors else default
+    floor = policy.plan_for(customer, plan).margin_floor
+    return default if floor is None else floor
 
 
 def _group_key(by: str, e: Event, r: RatedEvent | None) -> str:
@@ -406,12 +406,16 @@ def build_margin_report(
     return report
 
 
-def events_for_report(store: EventStore, period: str | None) -> list[Event]:
-    """The events a report on ``period`` needs: that period and the one before (all events when
-    the period is not given, to find the latest)."""
+def events_for_report(store: EventStore, period: str | None, policy: Policy | None = None) -> list[Event]:
+    """The events a report on ``period`` needs: that period and the one before, and back to the
+    first period of any credit grant of ``policy`` (credits carry across periods: without the
+    usage that drew a grant earlier, the report would draw it again). All events when the period
+    is not given, to find the latest."""
     if period is None:
         return store.query(EventQuery())
-    start, end = period_bounds(previous_period(period))[0], period_bounds(period)[1]
+    prev = previous_period(period)
+    start = period_bounds(prev)[0] if policy is None else PolicyEngine(policy).history_start_all(prev)
+    end = period_bounds(period)[1]
     return store.query(EventQuery(since=start, until=end))
 
 
@@ -436,7 +440,7 @@ def margin_report_from_settings(
     policy = load_policy_file(ref)
     store = open_store(settings)
     try:
-        events = events_for_report(store, period)
+        events = events_for_report(store, period, policy)
     finally:
         store.close()
     sinks: list[AlertSink] = [LogAlertSink()]

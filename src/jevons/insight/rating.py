@@ -13,10 +13,10 @@ changes (every customer-month is on one plan for the whole month).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,19 @@ class RatedMonths:
     absorbed_cost: FloatArray
 
 
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                 "reasoning_tokens")
+
+
+def _list_charge(pc: PlanClass, cost: FloatArray, tokens: Callable[[str], FloatArray]) -> FloatArray:
+    """Step 1 on arrays: the class's list charge, token mode reading each canonical token count
+    through ``tokens(field)`` only when it needs them (a price-mode class never does)."""
+    if pc.mode == "token":
+        buckets = R.plan_token_buckets(**{name: tokens(name) for name in _TOKEN_FIELDS})
+        return R.token_list_charge(buckets, {d: R.param(r, like=cost) for d, r in pc.usd_per_mtok.items()})
+    return R.price_list_charge(cost, R.param(pc.markup or Decimal(0), like=cost))
+
+
 def load_policy_file(ref: str, *, base_dir: Path | None = None) -> Policy:
     """A policy by path, or ``builtin:NAME`` for a preset of :mod:`jevons.insight.presets`."""
     from jevons.insight.presets import builtin_policy_path
@@ -129,18 +142,7 @@ class PolicyRater:
         if hit is not None and hit[0] is per_task:
             return hit[1]
         cost = per_task["steps:cost"]
-        if pc.mode == "token":
-            buckets = R.plan_token_buckets(
-                input_tokens=per_task["steps:input_tokens"],
-                output_tokens=per_task["steps:output_tokens"],
-                cache_read_tokens=per_task["steps:cache_read_tokens"],
-                cache_write_tokens=per_task["steps:cache_write_tokens"],
-                reasoning_tokens=per_task["steps:reasoning_tokens"],
-            )
-            lst = R.token_list_charge(buckets, {d: R.param(r, like=cost) for d, r in pc.usd_per_mtok.items()})
-        else:
-            markup = pc.markup if pc.markup is not None else Decimal(0)
-            lst = R.price_list_charge(cost, R.param(markup, like=cost))
+        lst = _list_charge(pc, cost, lambda name: per_task[f"steps:{name}"])
         floored = R.apply_floor(lst, cost, R.param(pc.floor_multiplier, like=cost))
         charge: FloatArray = floored.charge.sum(axis=0)[None, :]
         self._charge_cache[key] = (per_task, charge)
@@ -174,12 +176,9 @@ class PolicyRater:
                 )
 
     def margin_floor(self, plan_name: str) -> float | None:
-        """The plan's margin floor (its period floor, else the highest class floor), if any."""
-        plan = self.plan(plan_name)
-        floors = [float(c.floor) for c in plan.classes.values() if c.floor is not None]
-        if plan.period_floor is not None:
-            floors.append(float(plan.period_floor))
-        return max(floors) if floors else None
+        """The plan's margin floor (:attr:`Plan.margin_floor`) as a float, if any."""
+        floor = self.plan(plan_name).margin_floor
+        return None if floor is None else float(floor)
 
     # ------------------------------------------------------------------ rating
     def rate(self, plan_name: str, aggregates: Mapping[str, ClassAggregate]) -> RatedMonths:
@@ -210,41 +209,22 @@ class PolicyRater:
                 # list charge of the aggregate = sum of its calls' floored charges (the floor
                 # is a per-call rule); rate_unit's own floor then never lifts it further
                 lst = agg.tasks * per_task
-            elif pc.mode == "token":
-                buckets = R.plan_token_buckets(
-                    input_tokens=agg.input_tokens,
-                    output_tokens=agg.output_tokens,
-                    cache_read_tokens=agg.cache_read_tokens,
-                    cache_write_tokens=agg.cache_write_tokens,
-                    reasoning_tokens=agg.reasoning_tokens,
-                )
-                lst = R.token_list_charge(buckets, {d: P(r) for d, r in pc.usd_per_mtok.items()})
             else:
-                lst = R.price_list_charge(agg.cost, P(pc.markup))
-            floor_mult = P(pc.floor_multiplier)
-            if pc.allowance is not None:  # a class's own allowance: fresh, not carried
-                own = R.UnitState(P(pc.allowance.amount), state.fixed_discount_left, state.cap_headroom)
-                u = R.rate_unit(
-                    list_charge=lst,
-                    cost=agg.cost,
-                    floor_multiplier=floor_mult,
-                    allowance_unit=pc.allowance.unit,
-                    tokens=agg.tokens if pc.allowance.unit == "tokens" else None,
-                    percent=P(0),
-                    state=own,
-                )
-                state = R.UnitState(state.allowance_left, u.state.fixed_discount_left, u.state.cap_headroom)
-            else:
-                u = R.rate_unit(
-                    list_charge=lst,
-                    cost=agg.cost,
-                    floor_multiplier=floor_mult,
-                    allowance_unit=shared_unit,
-                    tokens=agg.tokens if shared_unit == "tokens" else None,
-                    percent=P(0),
-                    state=state,
-                )
-                state = u.state
+                lst = _list_charge(pc, agg.cost, partial(getattr, agg))
+            own = pc.allowance  # a class's own allowance: fresh, not carried to the next class
+            unit = own.unit if own is not None else shared_unit
+            u = R.rate_unit(
+                list_charge=lst,
+                cost=agg.cost,
+                floor_multiplier=P(pc.floor_multiplier),
+                allowance_unit=unit,
+                tokens=agg.tokens if unit == "tokens" else None,
+                percent=P(0),
+                state=state if own is None else R.UnitState(
+                    P(own.amount), state.fixed_discount_left, state.cap_headroom),
+            )
+            state = u.state if own is None else R.UnitState(
+                state.allowance_left, u.state.fixed_discount_left, u.state.cap_headroom)
             billed = billed + u.billed
             absorbed_cost = absorbed_cost + u.absorbed_cost
             period_cost = period_cost + agg.cost

@@ -184,20 +184,14 @@ def render_stress_report(run: StressRun) -> HtmlReport:
             continue
         base = bars[0]["base_margin_pct"]
         fig = go.Figure()
-        fig.add_bar(
-            name="input −20%",
-            orientation="h",
-            y=[b["label"] for b in bars],
-            x=[b["low_margin_pct"] - base for b in bars],
-            base=base,
-        )
-        fig.add_bar(
-            name="input +20%",
-            orientation="h",
-            y=[b["label"] for b in bars],
-            x=[b["high_margin_pct"] - base for b in bars],
-            base=base,
-        )
+        for name, end in (("input −20%", "low_margin_pct"), ("input +20%", "high_margin_pct")):
+            fig.add_bar(
+                name=name,
+                orientation="h",
+                y=[b["label"] for b in bars],
+                x=[b[end] - base for b in bars],
+                base=base,
+            )
         fig.update_layout(
             **_layout(
                 f"{p.label}: gross margin when one input moves ±20% (base {fmt_pct(base)})",

@@ -42,6 +42,7 @@ from jevons.policy.engine import (
     CustomerState,
     PolicyEngine,
     RatingError,
+    allowance_pool,
     event_class,
     event_cost,
 )
@@ -343,9 +344,7 @@ class _FastPeriod:
             pc = plan.classes[cls]
             cost = agg.cost()
             lst = _list_charge(pc, agg, cost)
-            spec = pc.allowance or plan.allowance
-            key = f"{run.segment.index}:{cls}" if pc.allowance else f"{run.segment.index}:*"
-            unit: R.AllowanceUnit = spec.unit if spec is not None else "usd_charge"
+            key, unit = allowance_pool(run.segment.index, cls, pc, plan)
             headroom = R.INF if plan.cap is None else plan.cap - billed_total
             state = R.UnitState.start(pools.get(key, _ZERO), fixed_left, headroom)
             r = R.rate_unit(list_charge=lst, cost=cost, floor_multiplier=pc.floor_multiplier,

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from jevons.events import Event
 from jevons.policy import rules as R
 from jevons.policy.loader import PolicySet
-from jevons.policy.model import CreditGrantSpec, Plan, Policy
+from jevons.policy.model import CreditGrantSpec, Plan, PlanClass, Policy
 from jevons.policy.periods import Segment, next_period, period_bounds, period_of, segments
 
 __all__ = [
@@ -41,8 +41,10 @@ __all__ = [
     "PolicyEngine",
     "RatedEvent",
     "RatingError",
+    "allowance_pool",
     "event_class",
     "event_cost",
+    "event_list_charge",
 ]
 
 log = logging.getLogger("jevons.policy")
@@ -119,6 +121,30 @@ def event_class(event: Event, policy: Policy) -> str:
         reasoning_tokens=event.usage.reasoning_tokens,
         input_usd_per_mtok=rate,
     )
+
+
+def event_list_charge(event: Event, pc: PlanClass, cost: Decimal) -> Decimal:
+    """Step 1 for one event: the list charge of its class's mode (token rates on the event's
+    plan token buckets, or ``cost`` x markup). Call inside :func:`R.rating_context`."""
+    if pc.mode == "token":
+        u = event.usage
+        buckets = R.plan_token_buckets(
+            input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+            cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
+            reasoning_tokens=u.reasoning_tokens,
+        )
+        token_charge: Decimal = R.token_list_charge(buckets, pc.usd_per_mtok)
+        return token_charge
+    assert pc.markup is not None
+    return R.price_list_charge(cost, pc.markup)
+
+
+def allowance_pool(segment: int, cls: str, pc: PlanClass, plan: Plan) -> tuple[str, R.AllowanceUnit]:
+    """The state key of the allowance pool a class draws from in one plan segment (its own
+    pool, else the plan's shared one) and that allowance's unit (``usd_charge`` when none)."""
+    spec = pc.allowance or plan.allowance
+    key = f"{segment}:{cls}" if pc.allowance else f"{segment}:*"
+    return key, spec.unit if spec is not None else "usd_charge"
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -333,8 +359,8 @@ class CustomerRater:
         total = Decimal(int((end - start).total_seconds()))
         for seg in self.segments(period):
             for cname, pc in seg.plan.classes.items():
-                spec, key = (pc.allowance, f"{seg.index}:{cname}") if pc.allowance else (
-                    seg.plan.allowance, f"{seg.index}:*")
+                spec = pc.allowance or seg.plan.allowance
+                key, _ = allowance_pool(seg.index, cname, pc, seg.plan)
                 if spec is not None and key not in st.pools:
                     size = R.prorate(spec.amount, seg.seconds, total)
                     st.pools[key] = size
@@ -437,20 +463,9 @@ class CustomerRater:
         cls = event_class(event, pol)
         pc = plan.classes[cls]
         u = event.usage
-        if pc.mode == "token":
-            buckets = R.plan_token_buckets(
-                input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
-                reasoning_tokens=u.reasoning_tokens,
-            )
-            list_charge: Decimal = R.token_list_charge(buckets, pc.usd_per_mtok)
-        else:
-            assert pc.markup is not None
-            list_charge = R.price_list_charge(cost, pc.markup)
-        spec = pc.allowance or plan.allowance
-        key = f"{seg.index}:{cls}" if pc.allowance else f"{seg.index}:*"
+        list_charge = event_list_charge(event, pc, cost)
+        key, unit = allowance_pool(seg.index, cls, pc, plan)
         left = st.pools.get(key, _ZERO)
-        unit: R.AllowanceUnit = spec.unit if spec is not None else "usd_charge"
         percent = self._percent(pol, at)
         headroom = R.INF if plan.cap is None else plan.cap - st.billed_total
         state = R.UnitState.start(left, st.fixed_left, headroom)
@@ -710,6 +725,13 @@ class PolicyEngine:
             return min(first, start)
         return start
 
+    def history_start_all(self, period: str) -> datetime:
+        """:meth:`history_start` for every customer at once (re-rating a whole period): the
+        earliest of the period's start and the first period of any customer's credit grant."""
+        customers = {c for pol in self.policies.versions for c in pol.customers}
+        customers.update(g.customer for g in self._extra)
+        return min([period_bounds(period)[0], *(self.history_start(c, period) for c in customers)])
+
     def amount_for(self, event: Event) -> Decimal:
         """Stateless list charge of one event after its floor and percent discount (what the
         event is worth before allowance, cap and credits, which need running state: use
@@ -719,16 +741,7 @@ class PolicyEngine:
             plan = pol.plan_for(event.customer, pol.plan_at(event.customer, event.timestamp))
             cost, _ = event_cost(event, pol)
             pc = plan.classes[event_class(event, pol)]
-            u = event.usage
-            if pc.mode == "token":
-                lst: Decimal = R.token_list_charge(R.plan_token_buckets(
-                    input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                    cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
-                    reasoning_tokens=u.reasoning_tokens), pc.usd_per_mtok)
-            else:
-                assert pc.markup is not None
-                lst = R.price_list_charge(cost, pc.markup)
-            f = R.apply_floor(lst, cost, pc.floor_multiplier)
+            f = R.apply_floor(event_list_charge(event, pc, cost), cost, pc.floor_multiplier)
             rater = CustomerRater(self.policies, event.customer)
             d = R.discount(f.charge, f.floor, rater._percent(pol, event.timestamp), _ZERO)
             return d.net

@@ -171,6 +171,15 @@ class Plan(_Model):
     def period_floor_multiplier(self) -> Decimal:
         return Decimal(0) if self.period_floor is None else rules.floor_multiplier(self.period_floor)
 
+    @property
+    def margin_floor(self) -> Decimal | None:
+        """The margin this plan promises, for margin reports: the highest of its period floor
+        and its classes' event floors; ``None`` when it has none."""
+        floors = [c.floor for c in self.classes.values() if c.floor is not None]
+        if self.period_floor is not None:
+            floors.append(self.period_floor)
+        return max(floors) if floors else None
+
 
 class PlanAssignment(_Model):
     """From ``starts`` on, the customer is on ``plan`` (mid-period changes rated by day)."""
