@@ -269,5 +269,4 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Decimal):
         return str(value)
-    nested = as_dict(value)
-    return nested
+    return as_dict(value)

@@ -62,8 +62,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -82,6 +81,7 @@ from jevons.ledger.base import EventQuery, EventStore, MemoryStore
 from jevons.prices.book import PriceBook
 from jevons.prices.cost import Cost, unpriced_cost
 from jevons.prices.model import ServiceTier
+from jevons.prices.resolve import _HINTS as _PROVIDER_HINTS
 from jevons.usage import Usage
 
 if TYPE_CHECKING:
@@ -103,11 +103,9 @@ CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", defaul
 _WARN_FIRST = 5
 _NO_USAGE = Usage(requests=0)
 _TIERS = frozenset(t.value for t in ServiceTier)
-# providers the price book knows by name; any other provider (a gateway) prices without a hint
-_BOOK_PROVIDERS = frozenset({
-    "openai", "azure", "azure_openai", "anthropic", "google", "gemini", "google-genai", "vertex",
-    "vertex_ai", "mistral", "mistralai", "bedrock", "aws", "aws-bedrock",
-})
+# providers the price book knows by name (the resolver's own hint table, so the rule lives in
+# one place); any other provider (a gateway) prices without a hint
+_BOOK_PROVIDERS = frozenset(name for name, book_name in _PROVIDER_HINTS.items() if book_name is not None)
 
 
 class _Ids:
@@ -216,9 +214,6 @@ class Call:
         return self.finish_extracted(extracted, status, label)
 
     # ---------------------------------------------------------------- HTTP attempts
-    def _attempt_no(self) -> int:
-        return self.attempt_no or max(len(self.http_attempts), 1)
-
     def _failed_http_attempts(self) -> None:
         """Each HTTP attempt before the last one failed (the SDK retried): one event each."""
         attempts = self.http_attempts
@@ -412,9 +407,9 @@ class Meter:
         budget_usd: Decimal | str | int | None = None,
     ) -> _Scope:
         """``with meter.run("r1", customer="acme", budget_usd="1.50") as run:`` (see ``capture.run``)."""
-        budget = None if budget_usd is None else Decimal(str(budget_usd))
         if isinstance(budget_usd, float):
             raise TypeError("budget_usd must be a Decimal, str or int (floats are not exact)")
+        budget = None if budget_usd is None else Decimal(str(budget_usd))
         attribution = _attr.make(customer, feature, tags)
         run = Run(run_id or _IDS.next(), attribution, budget)
         tokens: list[Any] = []
@@ -573,10 +568,12 @@ class Meter:
 
     # ================================================================== hot path
     def _price(self, call: Call, model: str, usage: Usage, x: Extracted) -> Cost:
-        tier = x.service_tier if x.service_tier in _TIERS else None
+        """The cost from the price book; never raises (a pricing failure is an unpriced cost).
+        Incomplete usage: unpriced when nothing is known, else an estimated lower bound."""
+        tier = x.service_tier
         try:
-            cost = self.book.cost(model, usage, provider=call.price_hint, tier=tier,
-                                  region=x.region or call.region)
+            cost = self.book.cost(model, usage, provider=call.price_hint,
+                                  tier=tier if tier in _TIERS else None, region=x.region or call.region)
         except Exception as exc:
             self._error(exc, "price")
             return unpriced_cost(model, provider=call.provider, note=f"pricing failed: {exc}")
@@ -604,16 +601,7 @@ class Meter:
         usage = x.usage
         model = x.model or call.model
         complete = x.complete
-        if complete:  # _price without its incomplete-usage rules (inlined: the hot path)
-            tier = x.service_tier
-            try:
-                cost = self.book.cost(model, usage, provider=call.price_hint,
-                                      tier=tier if tier in _TIERS else None, region=x.region or call.region)
-            except Exception as exc:
-                self._error(exc, "price")
-                cost = unpriced_cost(model, provider=call.provider, note=f"pricing failed: {exc}")
-        else:
-            cost = self._price(call, model, usage, x)
+        cost = self._price(call, model, usage, x)
         attribution = call.attribution
         ids = _IDS
         event_id = f"{ids.prefix}{next(ids.counter):012x}"
@@ -738,15 +726,3 @@ def _default_book() -> PriceBook:
         log.warning("jevons: the default price book could not be loaded (%s); calls are unpriced", exc)
         return PriceBook()
 
-
-@contextmanager
-def active(call: Call | None) -> Iterator[Call | None]:
-    """Mark ``call`` as the one in flight (HTTP attempt hooks attribute attempts to it)."""
-    token = CURRENT_CALL.set(call)
-    try:
-        yield call
-    finally:
-        CURRENT_CALL.reset(token)
-
-
-_ = EMPTY  # re-exported for adapters

@@ -38,6 +38,7 @@ from jevons.capture.adapters import (
     patch_method,
     patch_stream,
     register_adapter,
+    rewrapping,
 )
 from jevons.capture.attribution import CALL_KWARGS, Attribution, pop_call_attribution
 from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int
@@ -228,8 +229,7 @@ def _specs(provider: str) -> tuple[MethodSpec, MethodSpec]:
 
 
 def _defer_metered_request(
-    meter: Meter, manager: Any, spec: MethodSpec, attribution: Attribution, provider: str,
-    model: Any, per_call: Attribution | None,
+    meter: Meter, manager: Any, spec: MethodSpec, attribution: Attribution, provider: str, model: Any,
 ) -> None:
     """Meter the HTTP request a ``.stream()`` manager makes when it is entered.
 
@@ -241,22 +241,18 @@ def _defer_metered_request(
     state = vars(manager)
     slot = next(name for name in state if name.endswith("__api_request"))
     original = state[slot]
-    extra: dict[str, Any] = {"model": model}
-    if per_call is not None:
-        extra["jevons"] = {"customer": per_call.customer, "feature": per_call.feature,
-                           "tags": dict(per_call.tags)}
     if inspect.iscoroutine(original):
         async def request_async(**_: Any) -> Any:
             return await original
 
         metered_async = instrument(meter, request_async, spec, attribution, provider)
-        state[slot] = metered_async(**extra)  # a coroutine, awaited by ``__aenter__``
+        state[slot] = metered_async(model=model)  # a coroutine, awaited by ``__aenter__``
         return
 
     def request(**_: Any) -> Any:
         return original()
 
-    state[slot] = functools.partial(instrument(meter, request, spec, attribution, provider), **extra)
+    state[slot] = functools.partial(instrument(meter, request, spec, attribution, provider), model=model)
 
 
 def _metered_stream_helper(
@@ -272,9 +268,10 @@ def _metered_stream_helper(
                 kwargs.pop(key, None)
             meter._error(exc, "attribution")
         manager = original(*args, **kwargs)
+        # the per-call attribution ranks above the client's, as ``Meter.begin`` would rank it
+        scoped = attribution if per_call is None else per_call.over(attribution)
         try:
-            _defer_metered_request(meter, manager, spec, attribution, provider, kwargs.get("model"),
-                                   per_call)
+            _defer_metered_request(meter, manager, spec, scoped, provider, kwargs.get("model"))
         except Exception as exc:
             meter._error(exc, "wrap")
         return manager
@@ -317,19 +314,8 @@ class AnthropicAdapter:
         for name in ("copy", "with_options"):
             original_copy = getattr(w, name, None)
             if callable(original_copy):
-                patch_method(w, name, _rewrapping(original_copy, self, meter, attribution, provider))
+                patch_method(w, name, rewrapping(original_copy, self, meter, attribution, provider))
         return new
-
-
-def _rewrapping(original: Callable[..., Any], adapter: AnthropicAdapter, meter: Meter,
-                attribution: Attribution, provider: str | None) -> Callable[..., Any]:
-    """``client.with_options(...)`` / ``client.copy(...)`` of a metered client is metered too."""
-
-    @functools.wraps(original)
-    def copy_metered(*args: Any, **kwargs: Any) -> Any:
-        return adapter.wrap(meter, original(*args, **kwargs), attribution, provider)
-
-    return copy_metered
 
 
 register_adapter(AnthropicAdapter())

@@ -28,11 +28,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from jevons.capture.attribution import Attribution, pop_call_attribution
 from jevons.capture.errors import JevonsEnforcement
-from jevons.capture.extract import Extracted, UnknownShape, field, get_extractor, register_extractor, to_int
+from jevons.capture.extract import Extracted, UnknownShape, field, register_extractor, to_int
 from jevons.capture.meter import Call
 from jevons.usage import Usage
 
@@ -78,7 +79,7 @@ def extract_litellm(response: Any, model: str | None = None) -> Extracted:
         tools += len(field(field(choice, "message"), "tool_calls", ()) or ())
     usage = litellm_usage(field(response, "usage"))
     if tools:
-        usage = Usage(**{**usage.to_dict(), "tool_calls": tools})
+        usage = replace(usage, tool_calls=tools)
     return Extracted(usage, model=field(response, "model") or model)
 
 
@@ -143,11 +144,12 @@ class JevonsLiteLLMCallback(CustomLogger):
             return None
         call, failures = entry
         call_id = str(kwargs.get("litellm_call_id") or "")
-        with self._lock:
-            if final:
-                self._pending.pop(call_id, None)
-            elif call_id:
-                self._pending[call_id] = (call, failures + 1)
+        if call_id:
+            with self._lock:
+                if final:
+                    self._pending.pop(call_id, None)
+                else:
+                    self._pending[call_id] = (call, failures + 1)
         attempt = Call(self.meter, call.provider, call.api, call.model, call.attribution, call.run,
                        call.step, call.extractor)
         attempt.attempt_no = failures + 1
@@ -164,16 +166,8 @@ class JevonsLiteLLMCallback(CustomLogger):
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         try:
             call = self._attempt(kwargs, final=True)
-            if call is None:
-                return
-            try:
-                x = get_extractor("litellm", "chat")(response_obj, call.model)
-            except Exception as exc:
-                self.meter._error(exc, "extract")
-                from jevons.capture.meter import review_extracted
-
-                x = review_extracted(response_obj)
-            call.finish_extracted(x)
+            if call is not None:
+                call.finish(response_obj)  # the "litellm" extractor; an unknown shape is kept for review
         except Exception as exc:
             self.meter._error(exc, "adapter")
 

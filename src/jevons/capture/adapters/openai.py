@@ -28,7 +28,9 @@ as ``openrouter``, ``together``...). Gateways' model names are resolved through 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,8 +42,9 @@ from jevons.capture.adapters import (
     patch_method,
     patch_stream,
     register_adapter,
+    rewrapping,
 )
-from jevons.capture.attribution import Attribution
+from jevons.capture.attribution import Attribution, pop_call_attribution
 from jevons.capture.extract import (
     PROVIDER_MODULES,
     Extracted,
@@ -223,16 +226,12 @@ def extract_auto(response: Any, model: str | None = None) -> Extracted:
     return extract_chat(response, model)
 
 
-register_extractor("openai", "chat", extract_chat)
-register_extractor("openai", "completions", extract_chat)
-register_extractor("openai", "embeddings", extract_chat)
-register_extractor("openai", "responses", extract_responses)
-register_extractor("openai", None, extract_auto)
-register_extractor("azure", "chat", extract_chat)
-register_extractor("azure", "completions", extract_chat)
-register_extractor("azure", "embeddings", extract_chat)
-register_extractor("azure", "responses", extract_responses)
-register_extractor("azure", None, extract_auto)
+for _provider in ("openai", "azure"):
+    register_extractor(_provider, "chat", extract_chat)
+    register_extractor(_provider, "completions", extract_chat)
+    register_extractor(_provider, "embeddings", extract_chat)
+    register_extractor(_provider, "responses", extract_responses)
+    register_extractor(_provider, None, extract_auto)
 
 
 # ---------------------------------------------------------------------- streams
@@ -271,7 +270,7 @@ class ChatStreamAccumulator:
         if self.usage_chunk is not None:
             x = self.extractor(self.usage_chunk, self.model)
             if self.tool_ids and not x.usage.tool_calls:
-                x.usage = _with_tools(x.usage, len(self.tool_ids))
+                x.usage = replace(x.usage, tool_calls=len(self.tool_ids))
             if x.service_tier is None:
                 x.service_tier = _tier(self.service_tier)
             return x
@@ -280,12 +279,6 @@ class ChatStreamAccumulator:
             model=self.model, complete=False, service_tier=_tier(self.service_tier),
             note="stream ended without a usage block; output estimated from content chunks",
         )
-
-
-def _with_tools(usage: Usage, n: int) -> Usage:
-    d = usage.to_dict()
-    d["tool_calls"] = n
-    return Usage(**d)
 
 
 _FINAL_EVENTS = {"response.completed": None, "response.incomplete": None, "response.failed": "error"}
@@ -356,15 +349,9 @@ def _raw_types() -> tuple[type, ...]:
     return _RAW_TYPES
 
 
-def _unwrap_raw(result: Any) -> Any:
-    """``with_raw_response`` hands back an API-response wrapper: parse it (cached by the SDK)."""
-    if isinstance(result, _RAW_TYPES or _raw_types()):
-        return result.parse()  # type: ignore[attr-defined]
-    return result
-
-
 def _finish(call: Call, result: Any) -> None:
-    if isinstance(result, _RAW_TYPES or _raw_types()):  # _unwrap_raw, inlined
+    # ``with_raw_response`` hands back an API-response wrapper: parse it (cached by the SDK)
+    if isinstance(result, _RAW_TYPES or _raw_types()):
         result = result.parse()  # type: ignore[attr-defined]
     call.finish(result)
 
@@ -400,8 +387,6 @@ def provider_of(client: Any) -> str:
 
 def _bind_jevons_kwargs(manager: Any, metered_create: Callable[..., Any], bundle: dict[str, Any]) -> None:
     """Give a ``.stream()`` manager's deferred request the call's own attribution."""
-    import functools
-
     state = getattr(manager, "__dict__", {})
     for name, value in list(state.items()):
         if isinstance(value, functools.partial) and value.func is metered_create:
@@ -413,9 +398,6 @@ def _metered_stream_helper(
 ) -> Callable[..., Any]:
     """``.stream(...)`` accepts the ``jevons*`` kwargs too; the deferred ``create`` (already
     metered) receives them when the manager is entered."""
-    import functools
-
-    from jevons.capture.attribution import pop_call_attribution
 
     @functools.wraps(original)
     def stream(*args: Any, **kwargs: Any) -> Any:
@@ -458,9 +440,8 @@ class OpenAIAdapter:
             original = getattr(resource, name, None)
             if original is None:
                 return None
-            spec_for = MethodSpec(spec.api, prov, extractor, spec.model_kwarg, spec.prepare, spec.stream,
-                                  spec.is_stream, spec.on_result)
-            fn = instrument(meter, original, spec_for, attribution, prov, is_async=is_async)
+            fn = instrument(meter, original, replace(spec, provider=prov, extractor=extractor),
+                            attribution, prov, is_async=is_async)
             patch_method(resource, name, fn)
             return fn
 
@@ -485,20 +466,11 @@ class OpenAIAdapter:
             metered(embeddings, "create", EMBEDDINGS)
 
         object.__setattr__(w, "_jevons_wrap", (client, attribution, provider))
-        adapter = self
         for name in ("copy", "with_options"):
             original_copy = getattr(w, name, None)
             if callable(original_copy):
-                patch_method(w, name, _rewrapping(original_copy, adapter, meter, attribution, provider))
+                patch_method(w, name, rewrapping(original_copy, self, meter, attribution, provider))
         return new
-
-
-def _rewrapping(original: Callable[..., Any], adapter: OpenAIAdapter, meter: Meter,
-                attribution: Attribution, provider: str | None) -> Callable[..., Any]:
-    def copy_metered(*args: Any, **kwargs: Any) -> Any:
-        return adapter.wrap(meter, original(*args, **kwargs), attribution, provider)
-
-    return copy_metered
 
 
 def gateway_cost(block: Any) -> Decimal | None:
