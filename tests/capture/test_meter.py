@@ -386,3 +386,41 @@ def test_record_raises_when_the_event_is_not_durable(test_book: PriceBook) -> No
                  idempotency_key="K1")
     assert [e.idempotency_key for e in store.query()] == ["K1"]
     assert meter.stats()["backlog"] == 0
+
+
+def test_a_result_handler_failure_still_records_the_call(test_book: PriceBook) -> None:
+    """The provider answered, then the adapter's result handler broke: the call is kept as an
+    event flagged for review (it may have cost money), and the result reaches the caller."""
+    from jevons.capture.adapters import MethodSpec, instrument
+    from jevons.capture.attribution import Attribution
+
+    def broken_handler(call: Any, result: Any) -> None:
+        raise RuntimeError("adapter bug")
+
+    meter = Meter(book=test_book, ledger="memory")
+    metered = instrument(meter, lambda **kw: "the response", MethodSpec(api="chat", provider="openai",
+                         on_result=broken_handler), Attribution(customer="acme"))
+    assert metered(model="gpt-4o-mini") == "the response"
+    (event,) = meter.events()
+    assert event.needs_review and event.customer == "acme" and event.cost.total_usd is None
+    assert meter.stats()["errors_by_kind"] == {"adapter": 1}
+
+
+def test_a_retried_record_counts_once_in_its_run(test_book: PriceBook) -> None:
+    class DownOnce(MemoryStore):
+        down = True
+
+        def append(self, event: Event) -> bool:
+            if self.down:
+                self.down = False
+                raise OSError("ledger down")
+            return super().append(event)
+
+    meter = Meter(book=test_book, ledger=DownOnce())
+    with meter.run("r1", customer="acme") as run:
+        with pytest.raises(OSError):
+            meter.record(model="gpt-4o-mini", usage=Usage(input_tokens=10), provider="openai",
+                         idempotency_key="K")
+        meter.record(model="gpt-4o-mini", usage=Usage(input_tokens=10), provider="openai",
+                     idempotency_key="K")
+    assert run.input_tokens == 10 and meter.stats()["events"] == 1

@@ -81,7 +81,7 @@ from jevons.ledger.base import EventQuery, EventStore, MemoryStore
 from jevons.prices.book import PriceBook
 from jevons.prices.cost import Cost, unpriced_cost
 from jevons.prices.model import ServiceTier
-from jevons.prices.resolve import _HINTS as _PROVIDER_HINTS
+from jevons.prices.resolve import PROVIDER_HINTS
 from jevons.usage import Usage
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ _NO_USAGE = Usage(requests=0)
 _TIERS = frozenset(t.value for t in ServiceTier)
 # providers the price book knows by name (the resolver's own hint table, so the rule lives in
 # one place); any other provider (a gateway) prices without a hint
-_BOOK_PROVIDERS = frozenset(name for name, book_name in _PROVIDER_HINTS.items() if book_name is not None)
+_BOOK_PROVIDERS = frozenset(name for name, book_name in PROVIDER_HINTS.items() if book_name is not None)
 
 
 class _Ids:
@@ -632,9 +632,11 @@ class Meter:
             x.region or call.region,
             x.service_tier,
         )
+        # stored first: a record() whose store failed raises here, so its retry (same
+        # idempotency key) is what counts in the run and the stats, once
+        self._store_and_deliver(event, strict)
         if run is not None:
             run.add(event)
-        self._store_and_deliver(event, strict)
         counts = self._counts
         cost_status = cost.status
         with self._lock:

@@ -232,6 +232,7 @@ class MethodSpec:
 
 
 _UNOBSERVED = "stream could not be observed"
+_UNREADABLE = "response could not be read"
 
 
 def instrument(
@@ -285,6 +286,8 @@ def instrument(
             on_result(call, result)
         except Exception as exc:
             meter._error(exc, "adapter")
+            # the provider answered (and may have billed): keep the call, flagged for review
+            call.finish_extracted(review_extracted(None), "ok", _UNREADABLE)
         return result
 
     if is_async is None:
