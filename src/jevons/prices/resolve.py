@@ -45,6 +45,7 @@ from dataclasses import dataclass
 __all__ = [
     "BEDROCK_GEOS",
     "NAME_ALIASES",
+    "PROVIDER_HINTS",
     "BedrockId",
     "Resolution",
     "latest_family",
@@ -71,7 +72,7 @@ _DATE_SUFFIX = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|-\d{2}-\d{2})$")
 _REVISION_SUFFIX = re.compile(r"(-v\d+(:\d+)?|:\d+)$")
 
 # provider hints callers use -> the provider names the book stores
-_HINTS: dict[str, str | None] = {
+PROVIDER_HINTS: dict[str, str | None] = {
     "openai": "openai",
     "azure": "openai",
     "azure_openai": "openai",
@@ -147,7 +148,7 @@ def provider_hint(hint: str | None) -> str | None:
     if hint is None:
         return None
     key = hint.strip().lower()
-    return _HINTS.get(key, key)
+    return PROVIDER_HINTS.get(key, key)
 
 
 def normalise(name: str) -> str:
