@@ -2,18 +2,25 @@
 
 Every client talks to the same in-process HTTP transport (``httpx.MockTransport`` handed to the
 SDK through ``http_client``) that answers a canned chat completion, so the network does not
-drown the figure. Calls are interleaved (raw, jevons, lago, raw, ...) so that drift in the
-machine's speed hits every client alike. The added latency is the difference of the
-percentiles of the per-call wall time against the unwrapped client; the run is repeated and the
-median of the repetitions printed. A second unwrapped client ("unwrapped-2") is measured the same
-way: its figure is the noise floor of the method on this machine at this moment.
+drown the figure. Calls are interleaved, in a new random order for every round (a fixed
+rotation lets one client's after-effects, e.g. a background thread, always land on the same
+next client), so that drift in the machine's speed hits every client alike. The added latency
+is the difference of the percentiles of the per-call wall time against the unwrapped client;
+the run is repeated and the median of the repetitions printed. A second unwrapped client
+("unwrapped-2") is measured the same way: its figure is the noise floor of the method.
 
-jevons' figure includes what the ledger issue makes durable on the hot path: extraction, the
-cost from the price book, the Event, ``store.append`` and the sinks. ``--ledger memory``
-(default) hands events to the in-memory store; ``--ledger default`` uses
-``jevons.ledger.open_store`` (the durable journal in ``JEVONS_HOME``).
+``--ledger default`` (the default) is what ``jevons.Meter()`` uses: the durable ledger in
+``JEVONS_HOME``, every call in the append log before it returns. The call's event (extraction,
+cost, ``Event``, database row, sinks) is then built by the ledger's background thread; its
+work is measured too ("background work per call": the whole run's extra time against the
+unwrapped client, flush included, divided by the calls). ``--ledger memory`` builds every
+event on the caller's thread into the in-memory store.
 
-Goal: p50 <= 15 us, p99 <= 50 us added per call.
+Goal (issue 3): p50 <= 15 us, p99 <= 50 us added per call, on the issue's machine, where
+lago-agent-sdk added 76 us (p50) and 108 us (p99). Machines differ several-fold in how fast
+they run this cold, cache-missing code (on the 2-core VM here lago adds 200-250 us), so the
+verdict is also given against the goal scaled by lago's figure measured in the same run:
+jevons / lago <= 15/76 = 0.20 at p50 and <= 50/108 = 0.46 at p99.
 
     .venv/bin/python bench/bench_capture.py [--calls 4000] [--repeats 5] [--ledger memory|default]
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -69,23 +77,44 @@ def percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[k] / 1000.0  # microseconds
 
 
-def run_once(calls: dict[str, Callable[[], Any]], n: int) -> dict[str, list[int]]:
+LAGO_ISSUE_P50, LAGO_ISSUE_P99 = 76.0, 108.0  # lago-agent-sdk on the issue's machine
+GOAL_P50, GOAL_P99 = 15.0, 50.0
+
+
+def run_once(calls: dict[str, Callable[[], Any]], n: int, seed: int = 0) -> dict[str, list[int]]:
     times: dict[str, list[int]] = {name: [] for name in calls}
     order = list(calls.items())
+    shuffle = random.Random(seed).shuffle
     clock = time.perf_counter_ns
-    for i in range(n):
-        # rotate the order so no client always runs first (cache effects)
-        shift = i % len(order)
-        for name, fn in order[shift:] + order[:shift]:
+    for _ in range(n):
+        shuffle(order)  # a new order every round: no client always follows the same one
+        for name, fn in order:
             t0 = clock()
             fn()
             times[name].append(clock() - t0)
     return times
 
 
+def background_share(meter: Any, raw: Callable[[], Any], metered: Callable[[], Any], n: int) -> float:
+    """The whole cost per call, background thread included: ``n`` metered calls and the
+    flush that completes their events, against ``n`` unwrapped calls, back to back; in us."""
+    clock = time.perf_counter_ns
+    meter.flush()
+    t0 = clock()
+    for _ in range(n):
+        raw()
+    t1 = clock()
+    for _ in range(n):
+        metered()
+    meter.flush()
+    t2 = clock()
+    return ((t2 - t1) - (t1 - t0)) / n / 1000.0
+
+
 def hot_path(meter: Any, n: int = 20000) -> tuple[float, float]:
-    """jevons' own per-call work on an already parsed response, timed call by call: the part
-    of the added latency that does not depend on the SDK or the machine's HTTP noise."""
+    """jevons' own per-call work on the caller's thread for an already parsed response, timed
+    call by call in a warm loop (inside a real SDK call the same code runs several times
+    slower: the SDK's work evicts it from the CPU caches)."""
     from openai._models import construct_type
     from openai.types.chat import ChatCompletion
 
@@ -135,7 +164,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=4000, help="calls per client per repetition")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--ledger", choices=("memory", "default"), default="memory")
+    parser.add_argument("--ledger", choices=("memory", "default"), default="default")
     parser.add_argument("--no-lago", action="store_true", help="skip lago-agent-sdk")
     args = parser.parse_args()
 
@@ -173,7 +202,7 @@ def main() -> int:
         except Exception as exc:  # lago missing or incompatible: report and go on
             print(f"lago-agent-sdk unavailable: {exc!r}", file=sys.stderr)
 
-    run_once(calls, args.warmup)
+    run_once(calls, args.warmup, seed=-1)
     event = meter.events()[-1]
     print(f"jevons {jevons.__version__}: one event per call; last cost {event.cost.total_usd} USD "
           f"({event.cost.status}, {event.cost.price_version}); store {type(meter.store).__name__}")
@@ -181,8 +210,8 @@ def main() -> int:
     added: dict[str, dict[str, list[float]]] = {
         name: {"p50": [], "p99": []} for name in calls if name != "unwrapped"}
     base: dict[str, list[float]] = {"p50": [], "p99": []}
-    for _ in range(args.repeats):
-        times = run_once(calls, args.calls)
+    for repeat in range(args.repeats):
+        times = run_once(calls, args.calls, seed=repeat)
         ref = sorted(times["unwrapped"])
         ref50, ref99 = percentile(ref, 0.50), percentile(ref, 0.99)
         base["p50"].append(ref50)
@@ -200,20 +229,26 @@ def main() -> int:
         p50 = statistics.median(figures["p50"])
         p99 = statistics.median(figures["p99"])
         print(f"{name:<18}{p50:>10.1f}{p99:>10.1f}")
-    if "lago-agent-sdk" in added:
-        j50 = statistics.median(added["jevons"]["p50"])
-        l50 = statistics.median(added["lago-agent-sdk"]["p50"])
-        j99 = statistics.median(added["jevons"]["p99"])
-        l99 = statistics.median(added["lago-agent-sdk"]["p99"])
-        print(f"ratio jevons / lago-agent-sdk: p50 {j50 / l50:.2f}   p99 {j99 / l99:.2f}")
-    hot50, hot99 = hot_path(meter)
-    print(f"jevons hot path alone (begin + extract + cost + Event + store, no HTTP): "
-          f"p50 {hot50:.1f} us   p99 {hot99:.1f} us")
-    store50, store99 = store_share(meter, event)
-    print(f"  of which store.append ({type(meter.store).__name__}): "
-          f"p50 {store50:.1f} us   p99 {store99:.1f} us")
     j50, j99 = statistics.median(added["jevons"]["p50"]), statistics.median(added["jevons"]["p99"])
-    print(f"goal p50 <= 15 us, p99 <= 50 us: {'met' if j50 <= 15 and j99 <= 50 else 'NOT met'}")
+    background = background_share(meter, calls["unwrapped"], calls["jevons"], min(args.calls, 2000))
+    print(f"jevons whole cost per call, background thread included (back to back, flushed): "
+          f"{background:.1f} us")
+    hot50, hot99 = hot_path(meter)
+    print(f"jevons caller-thread work alone, warm loop, no HTTP: p50 {hot50:.1f} us   p99 {hot99:.1f} us")
+    store50, store99 = store_share(meter, event)
+    print(f"  store.append of a built event ({type(meter.store).__name__}): "
+          f"p50 {store50:.1f} us   p99 {store99:.1f} us")
+    print(f"goal p50 <= {GOAL_P50:g} us, p99 <= {GOAL_P99:g} us (absolute): "
+          f"{'met' if j50 <= GOAL_P50 and j99 <= GOAL_P99 else 'NOT met'}")
+    if "lago-agent-sdk" in added:
+        l50 = statistics.median(added["lago-agent-sdk"]["p50"])
+        l99 = statistics.median(added["lago-agent-sdk"]["p99"])
+        r50, r99 = j50 / l50, j99 / l99
+        g50, g99 = GOAL_P50 / LAGO_ISSUE_P50, GOAL_P99 / LAGO_ISSUE_P99
+        print(f"ratio jevons / lago-agent-sdk: p50 {r50:.2f} (goal <= {g50:.2f})   "
+              f"p99 {r99:.2f} (goal <= {g99:.2f})")
+        print(f"goal scaled to this machine by lago's figures (p50 <= {GOAL_P50 * l50 / LAGO_ISSUE_P50:.0f} us, "
+              f"p99 <= {GOAL_P99 * l99 / LAGO_ISSUE_P99:.0f} us): {'met' if r50 <= g50 and r99 <= g99 else 'NOT met'}")
     stats = meter.stats()
     print(f"jevons stats: events {stats['events']}, errors {stats['errors']}")
     meter.close()

@@ -307,7 +307,7 @@ def test_ledger_choices(monkeypatch: pytest.MonkeyPatch, test_book: PriceBook) -
     with pytest.raises(ValueError):
         Meter(book=test_book, ledger="sqlite")
     opened: list[Any] = []
-    monkeypatch.setattr(ledger_pkg, "open_store", lambda settings: opened.append(settings) or store,
+    monkeypatch.setattr(ledger_pkg, "open_store", lambda settings, **kw: opened.append(settings) or store,
                         raising=False)
     assert Meter(book=test_book).store is store and len(opened) == 1
     monkeypatch.delattr(ledger_pkg, "open_store", raising=False)

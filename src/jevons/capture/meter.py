@@ -64,24 +64,23 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from contextvars import ContextVar
-from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import import_module
+from time import time_ns as _time_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture import attribution as _attr
+from jevons.capture import record as _record
 from jevons.capture.attribution import _CONTEXT, EMPTY, Attribution
+from jevons.capture.build import make_event, outcome
 from jevons.capture.errors import JevonsEnforcement
 from jevons.capture.extract import _EXTRACTORS, Extracted, as_dict, get_extractor
 from jevons.capture.run import _RUN, Run
 from jevons.events import AttemptStatus, Event
 from jevons.ledger.base import EventQuery, EventStore, MemoryStore
 from jevons.prices.book import PriceBook
-from jevons.prices.cost import Cost, unpriced_cost
-from jevons.prices.model import ServiceTier
-from jevons.prices.resolve import PROVIDER_HINTS
 from jevons.usage import Usage
 
 if TYPE_CHECKING:
@@ -101,11 +100,8 @@ CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", defaul
 """The call whose provider request is in flight (HTTP attempt hooks read it)."""
 
 _WARN_FIRST = 5
+_encode_capture = _record.encoder.encode
 _NO_USAGE = Usage(requests=0)
-_TIERS = frozenset(t.value for t in ServiceTier)
-# providers the price book knows by name (the resolver's own hint table, so the rule lives in
-# one place); any other provider (a gateway) prices without a hint
-_BOOK_PROVIDERS = frozenset(name for name, book_name in PROVIDER_HINTS.items() if book_name is not None)
 
 
 class _Ids:
@@ -132,7 +128,7 @@ class Call:
 
     __slots__ = (
         "api", "attempt_no", "attribution", "done", "extractor", "http_attempts", "meter", "model",
-        "price_hint", "provider", "region", "run", "step",
+        "provider", "region", "run", "snapshot", "step",
     )
 
     def __init__(
@@ -154,7 +150,9 @@ class Call:
         self.run = run
         self.step = step
         self.extractor = extractor
-        self.price_hint = provider if provider in _BOOK_PROVIDERS else None
+        # the adapter's snapshot of a response (``MethodSpec.snapshot``): lets ``finish`` defer
+        # extraction and pricing to the ledger's background thread (see ``Meter._capture``)
+        self.snapshot: Callable[[Any], Any] | None = None
         self.http_attempts: list[int | None] = []  # status per HTTP attempt (None: no response)
         self.done = False
         self.region: str | None = None
@@ -164,6 +162,9 @@ class Call:
     def finish(self, response: Any) -> Event | None:
         """A complete (non-streamed) response: extract its usage and record the attempt."""
         if self.done:
+            return None
+        if self.snapshot is not None and self.meter._deferred and self.run is None and self.meter._capture(
+                self, response):
             return None
         try:
             extractor = _EXTRACTORS.get((self.extractor, self.api)) or get_extractor(self.extractor, self.api)
@@ -182,9 +183,7 @@ class Call:
             attempts = self.http_attempts
             if len(attempts) > 1:  # the SDK retried: the attempts before the last one failed
                 self._failed_http_attempts()
-            if extracted.status is not None and status == "ok" and extracted.status in ("error", "aborted"):
-                status = extracted.status  # type: ignore[assignment]
-                error = error or extracted.note
+            status, error = outcome(extracted, status, error)
             return self.meter._emit(self, extracted, status, self.attempt_no or len(attempts) or 1, error)
         except Exception as exc:
             self.meter._error(exc, "adapter")
@@ -324,6 +323,9 @@ class Meter:
         self._errors_by_kind: dict[str, int] = {}
         self._backlog: list[Event] = []  # events the store refused; retried on the next append
         self._closed = False
+        # deferred captures (see ``_capture``): only with a store that logs them durably, and
+        # not with guards (a cap or a policy must see every call's cost before the next call)
+        self._deferred = callable(getattr(self.store, "append_capture", None)) and not self.guards
 
     # ================================================================== setup
     def _open_store(self, ledger: EventStore | str | None) -> EventStore:
@@ -338,7 +340,8 @@ class Meter:
             open_store = getattr(ledger_mod, "open_store", None)
             if open_store is None:
                 return MemoryStore()
-            store: EventStore = open_store(self._settings_or_load())
+            store: EventStore = open_store(self._settings_or_load(),
+                                           read_capture=_record.capture_reader(self.book))
             return store
         except Exception as exc:  # a broken ledger must not stop the app from starting
             log.warning("jevons: could not open the ledger (%s); events are kept in memory", exc)
@@ -476,7 +479,28 @@ class Meter:
     def events(self, query: EventQuery | None = None) -> list[Event]:
         return self.store.query(query)
 
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every call captured so far has its event built, stored and handed to the
+        sinks (deferred captures are completed by the ledger's background thread). False when
+        the store did not catch up within ``timeout`` seconds."""
+        fn = getattr(self.store, "flush", None)
+        if not callable(fn):
+            return True
+        try:
+            return bool(fn(timeout))
+        except Exception as exc:
+            self._error(exc, "store")
+            return False
+
     def stats(self) -> dict[str, Any]:
+        """Counts of the calls metered so far (their events are built first: a short wait at
+        most, even with the database down)."""
+        settle = getattr(self.store, "settle", None)
+        if self._deferred and not self._closed and callable(settle):
+            try:
+                settle(10.0)
+            except Exception as exc:
+                self._error(exc, "store")
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
             out["errors_by_kind"] = dict(self._errors_by_kind)
@@ -488,6 +512,12 @@ class Meter:
             return
         self._closed = True
         self._flush_backlog()
+        # the store first: its last drain completes the deferred captures, which reach the
+        # sinks while they are still open
+        try:
+            self.store.close()
+        except Exception as exc:
+            self._error(exc, "store")
         for sink in self.sinks:
             for name in ("flush", "close"):
                 fn = getattr(sink, name, None)
@@ -496,10 +526,6 @@ class Meter:
                         fn()
                     except Exception as exc:
                         self._error(exc, "sink")
-        try:
-            self.store.close()
-        except Exception as exc:
-            self._error(exc, "store")
 
     def __enter__(self) -> Meter:
         return self
@@ -567,24 +593,55 @@ class Meter:
                 self._error(exc, "guard")
 
     # ================================================================== hot path
-    def _price(self, call: Call, model: str, usage: Usage, x: Extracted) -> Cost:
-        """The cost from the price book; never raises (a pricing failure is an unpriced cost).
-        Incomplete usage: unpriced when nothing is known, else an estimated lower bound."""
-        tier = x.service_tier
+    def _capture(self, call: Call, response: Any) -> bool:
+        """Make a finished call durable and leave the rest for later: on the caller's thread
+        only the adapter's snapshot of the response (a few fields, encoded by msgspec in C) is
+        written to the append log; extraction, pricing, the ``Event``, its row and the sinks
+        run in the ledger's background thread (``_complete_capture``), in order. The log line
+        is enough to rebuild the event if the process dies first (``jevons.capture.record``).
+        False: not deferred (the SDK retried, the store is catching up after an outage, or the
+        snapshot does not know the response); the caller then records the call at once."""
+        if call.done or len(call.http_attempts) > 1:  # retries: one event per attempt, now
+            return False
         try:
-            cost = self.book.cost(model, usage, provider=call.price_hint,
-                                  tier=tier if tier in _TIERS else None, region=x.region or call.region)
+            snapshot = call.snapshot(response)  # type: ignore[misc]
+            if snapshot is None:
+                return False
+            # the event id is formatted later (``record.capture_id``): only its parts here
+            ids = _IDS
+            prefix = ids.prefix
+            n = next(ids.counter)
+            ts = _time_ns() // 1000
+            a = call.attribution
+            line = _encode_capture((_record.TAG, prefix, n, ts, call.provider, call.api, call.extractor,
+                                    call.model, a.customer, a.feature, a.tags or None,
+                                    call.attempt_no or 1, call.region, snapshot))
+            call.done = True
+            if self.store.append_capture(  # type: ignore[attr-defined]
+                    line, (call, response, prefix, n, ts), self._complete_capture):
+                return True
+            call.done = False
+            return False
         except Exception as exc:
-            self._error(exc, "price")
-            return unpriced_cost(model, provider=call.provider, note=f"pricing failed: {exc}")
-        if not x.complete:
-            if not usage.input_tokens and not usage.output_tokens:
-                return unpriced_cost(model, provider=cost.provider, model=cost.model,
-                                     note="usage unknown (incomplete); re-price when known")
-            if cost.status == "priced":
-                cost = replace(cost, status="estimated",
-                               notes=(*cost.notes, "usage incomplete: a lower bound"))
-        return cost
+            call.done = False
+            self._error(exc, "store")
+            return False
+
+    def _complete_capture(self, item: tuple[Call, Any, str, int, int]) -> Event:
+        """A deferred capture's event (called by the store's background thread)."""
+        call, response, prefix, n, ts = item
+        event_id = _record.capture_id(prefix, n)
+        try:
+            extractor = _EXTRACTORS.get((call.extractor, call.api)) or get_extractor(call.extractor, call.api)
+            extracted = extractor(response, call.model)
+        except Exception as exc:
+            self._error(exc, "extract")
+            extracted = review_extracted(response)
+        status, error = outcome(extracted, "ok", None)
+        event = self._emit(call, extracted, status, call.attempt_no or 1, error,
+                           timestamp=_record.from_micros(ts), event_id=event_id, store=False)
+        assert event is not None
+        return event
 
     def _emit(
         self,
@@ -597,66 +654,55 @@ class Meter:
         timestamp: datetime | None = None,
         idempotency_key: str | None = None,
         strict: bool = False,
+        event_id: str | None = None,
+        store: bool = True,
     ) -> Event | None:
-        usage = x.usage
-        model = x.model or call.model
-        complete = x.complete
-        cost = self._price(call, model, usage, x)
+        """Build the event, store it (unless the store is the one asking: ``store=False``),
+        hand it to the sinks, add it to its run and count it."""
+        if event_id is None:
+            ids = _IDS
+            event_id = f"{ids.prefix}{next(ids.counter):012x}"
         attribution = call.attribution
-        ids = _IDS
-        event_id = f"{ids.prefix}{next(ids.counter):012x}"
-        tags = attribution.tags
         run = call.run
-        needs_review = x.needs_review
-        event = Event(
-            event_id,
-            idempotency_key or event_id,
-            timestamp or datetime.now(UTC),
-            call.provider,
-            call.model or model,
-            usage,
-            cost,
-            attribution.customer,
-            attribution.feature,
-            dict(tags) if tags else {},
-            call.api,
-            None if run is None else run.run_id,
-            call.step,
-            attempt,
-            status,
-            complete,
-            x.gateway_cost_usd,
-            needs_review,
-            x.raw_usage,
-            error if error is not None or not needs_review else x.note,
-            x.region or call.region,
-            x.service_tier,
+        event = make_event(
+            self.book, self._error, event_id=event_id, idempotency_key=idempotency_key or event_id,
+            timestamp=timestamp or datetime.now(UTC), provider=call.provider, api=call.api,
+            model_requested=call.model, x=x, customer=attribution.customer,
+            feature=attribution.feature, tags=attribution.tags,
+            run_id=None if run is None else run.run_id, step=call.step, attempt=attempt,
+            status=status, error=error, region=call.region,
         )
         # stored first: a record() whose store failed raises here, so its retry (same
         # idempotency key) is what counts in the run and the stats, once
-        self._store_and_deliver(event, strict)
+        if store:
+            self._store(event, strict)
+        for sink in self.sinks:
+            try:
+                sink(event)
+            except Exception as exc:
+                self._error(exc, "sink")
         if run is not None:
             run.add(event)
         counts = self._counts
-        cost_status = cost.status
+        cost_status = event.cost.status
         with self._lock:
             counts["events"] += 1
             counts[status] += 1
             if attribution.customer is None:
                 counts["unattributed"] += 1
-            if needs_review:
+            if event.needs_review:
                 counts["needs_review"] += 1
-            if not complete:
+            if not event.usage_complete:
                 counts["incomplete"] += 1
             if cost_status != "priced":
                 counts[cost_status] += 1
         return event
 
-    def _store_and_deliver(self, event: Event, strict: bool) -> None:
-        """Store (durable before this returns), then hand to the sinks. A store failure keeps
-        the event in a backlog retried on the next append; for ``record()`` (``strict``) it is
-        also raised, since the caller asked for an acknowledgement (retrying with the same
-        idempotency key is safe). A wrapped call is never broken: the failure is only counted."""
+    def _store(self, event: Event, strict: bool) -> None:
+        """Store (durable before this returns). A store failure keeps the event in a backlog
+        retried on the next append; for ``record()`` (``strict``) it is also raised, since the
+        caller asked for an acknowledgement (retrying with the same idempotency key is safe).
+        A wrapped call is never broken: the failure is only counted."""
         if self._backlog:
             self._flush_backlog()
         try:
@@ -668,11 +714,6 @@ class Meter:
             self._error(exc, "store")
             if strict:
                 raise
-        for sink in self.sinks:
-            try:
-                sink(event)
-            except Exception as exc:
-                self._error(exc, "sink")
 
     def _flush_backlog(self) -> None:
         with self._lock:

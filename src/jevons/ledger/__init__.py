@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from jevons.ledger.base import EventQuery, EventStore, MemoryStore
 
 if TYPE_CHECKING:
     from jevons.config import Settings
+    from jevons.events import Event
     from jevons.ledger.database import SQLLedger
 
 __all__ = ["EventQuery", "EventStore", "MemoryStore", "open_ledger", "open_store", "resolve_dsn"]
@@ -62,11 +64,14 @@ def journal_dir(settings: Settings, ledger: SQLLedger) -> Path:
     return base / hashlib.sha256(ledger.identity.encode()).hexdigest()[:16]
 
 
-def open_store(settings: Settings | None = None) -> EventStore:
+def open_store(settings: Settings | None = None, *,
+               read_capture: Callable[[bytes], Event] | None = None) -> EventStore:
     """The event store ``Meter`` uses by default.
 
     ``[ledger] backend = "memory"`` gives a ``MemoryStore``; otherwise a ``JournaledStore``
     over the SQLite or PostgreSQL ledger, which also recovers the logs of crashed processes.
+    ``read_capture`` rebuilds the deferred captures of such a log (``Meter`` passes one bound
+    to its price book; default: the default book).
     """
     from jevons.config import load_settings
     from jevons.ledger.journal import JournaledStore
@@ -83,4 +88,5 @@ def open_store(settings: Settings | None = None) -> EventStore:
         flush_interval_ms=cfg.flush_interval_ms,
         recent_keys=cfg.recent_keys,
         reopen=lambda: open_ledger(settings),
+        read_capture=read_capture,
     )

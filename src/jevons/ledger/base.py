@@ -14,7 +14,11 @@ from typing import Protocol
 
 from jevons.events import Event
 
-__all__ = ["EventQuery", "EventStore", "MemoryStore"]
+__all__ = ["CAPTURE_PREFIX", "EventQuery", "EventStore", "MemoryStore"]
+
+#: how an append-log line of a deferred capture starts (``jevons.capture.record`` writes them;
+#: the ledger needs a capture reader to turn one into an event)
+CAPTURE_PREFIX = b'["C1",'
 
 
 @dataclass(frozen=True, slots=True)

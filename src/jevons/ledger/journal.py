@@ -1,19 +1,27 @@
 """The hot-path store: a per-process append log drained into the database by a background thread.
 
 ``append`` encodes the event once into its stored form (``jevons.ledger.codec``, ~3 us) and
-writes it as one line with a single ``write(2)`` to this process's log file opened
-``O_APPEND``. Once ``write`` returns, the bytes are in the kernel's page cache: they survive
-``kill -9`` of the process (not a power loss or a kernel crash; see the durability modes below).
-The same bytes, with the few indexed columns read off the event object, are the database row;
-``append`` hands that row to a background thread, which inserts what is new in one transaction
-per batch (group commit). The drain therefore parses and encodes nothing, and the whole batch
-goes to SQLite as one statement, which runs without holding the GIL: the appending threads
-keep running while it commits. The log is only read back when rows were not kept in memory:
-when the database fell more than ``memory_rows_bytes`` (32 MB) behind (an outage), the rows are
-dropped from memory and the drain re-reads the log from the last committed offset until it has
-caught up. A process that finds another process's log whose owner is gone (the ``flock`` it
-held is free) drains that log and deletes it: the start-up recovery after a crash. Re-draining
-is harmless because the database keeps one event per idempotency key.
+stores it as one line in this process's log, memory-mapped segment files
+(``jevons.ledger.maplog``): a copy into the kernel's page cache, no system call, the GIL kept.
+Once the copy is made the line survives ``kill -9`` of the process (not a power loss or a
+kernel crash; see the durability modes below). The same bytes, with the few indexed columns
+read off the event object, are the database row; ``append`` hands that row to a background
+thread, which inserts what is new in one transaction per batch (group commit). The drain
+therefore parses and encodes nothing, and the whole batch goes to SQLite as one statement,
+which runs without holding the GIL: the appending threads keep running while it commits.
+
+``append_capture`` is the metered call's path (``jevons.capture.record``): the line is a
+snapshot of the call, not an event, and the drain thread builds the event (``complete``, in
+log order, before the commit; its sinks run then) and commits its row. ``settle`` waits for
+those builds, ``flush`` for the commit.
+
+The log is only read back when rows were not kept in memory: when the database fell more than
+``memory_rows_bytes`` (32 MB) behind (an outage), the rows are dropped from memory and the
+drain re-reads the log from the last committed offset until it has caught up (capture lines
+are then rebuilt by ``read_capture``). Committed segments are deleted. A process that finds
+another process's log whose owner is gone (the ``flock`` it held is free) drains that log and
+deletes it: the start-up recovery after a crash. Re-draining is harmless because the database
+keeps one event per idempotency key.
 
 Durability modes (``[ledger] durability``):
 
@@ -39,28 +47,44 @@ import logging
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jevons.events import Event
-from jevons.ledger.base import EventQuery
+from jevons.ledger.base import CAPTURE_PREFIX, EventQuery
 from jevons.ledger.codec import IndexRow, UnknownLayoutError, decode_index, encode_event, index_row
 from jevons.ledger.database import LedgerError, SQLLedger
+from jevons.ledger.maplog import SUFFIX, MappedLog, read_segment
 
 __all__ = ["Durability", "JournaledStore", "recover_journals"]
 
 log = logging.getLogger("jevons.ledger")
 
 Durability = Literal["strict", "sync", "fast"]
-_SUFFIX = ".jnl"
 _MAX_BATCH = 20_000
 
+CaptureReader = Callable[[bytes], Event]
 
-def _parse_lines(data: bytes, source: Path, quarantine: Path, ledger: SQLLedger) -> list[IndexRow]:
+
+def default_capture_reader() -> CaptureReader:
+    """Rebuilds capture lines with the default price book (loaded on first use)."""
+    from jevons.capture.record import capture_reader
+
+    return capture_reader(None)
+
+
+#: a deferred capture in the drain's queue: ``(_PENDING, line, item, complete)`` beside the
+#: index rows (whose first element is a key string); a tuple, not an object: it is made on the
+#: caller's thread of every metered call
+_PENDING = object()
+_Pending = tuple[object, bytes, Any, Callable[[Any], Event]]
+
+
+def _parse_lines(data: bytes, source: Path, quarantine: Path, ledger: SQLLedger,
+                 read_capture: CaptureReader | None = None) -> list[IndexRow]:
     """The database rows of the log lines in ``data`` (unreadable lines go to ``quarantine``)."""
     rows: list[IndexRow] = []
     for n, line in enumerate(data.split(b"\n")):
@@ -70,6 +94,12 @@ def _parse_lines(data: bytes, source: Path, quarantine: Path, ledger: SQLLedger)
             # give the GIL away: an appending thread must not wait a whole switch interval
             time.sleep(0)
         try:
+            if line.startswith(CAPTURE_PREFIX):  # a call whose event was not built yet
+                reader = read_capture or default_capture_reader()
+                read_capture = reader
+                event = reader(line)
+                rows.append(index_row(event, encode_event(event)))
+                continue
             try:
                 rows.append(decode_index(line))
             except UnknownLayoutError:
@@ -83,14 +113,17 @@ def _parse_lines(data: bytes, source: Path, quarantine: Path, ledger: SQLLedger)
     return rows
 
 
-def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Path | None = None) -> int:
+def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Iterable[Path] = (),
+                     read_capture: CaptureReader | None = None) -> int:
     """Drain and delete every log in ``directory`` whose owner process is gone; return the
-    number of events newly stored."""
+    number of events newly stored. Capture lines (calls whose process died before building
+    their event) are rebuilt by ``read_capture`` (default: with the default price book)."""
     stored = 0
     if not directory.is_dir():
         return 0
-    for path in sorted(directory.glob(f"*{_SUFFIX}")):
-        if skip is not None and path == skip:
+    skipped = set(skip)
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        if path in skipped:
             continue
         try:
             fd = os.open(path, os.O_RDWR)
@@ -103,16 +136,14 @@ def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Path | None = 
                 continue  # a live process owns it
             if not path.exists():
                 continue  # drained and deleted by another recoverer meanwhile
-            data = b""
             with open(path, "rb") as fh:
-                data = fh.read()
-            if data and not data.endswith(b"\n"):
-                # a torn last line: a write that never completed, hence never acknowledged
-                cut = data.rfind(b"\n") + 1
-                log.warning("jevons ledger: dropping %d unterminated bytes at the end of %s",
-                            len(data) - cut, path)
-                data = data[:cut]
-            rows = _parse_lines(data, path, directory / "quarantine.jsonl", ledger)
+                raw = fh.read()
+            data = read_segment(raw)
+            torn = len(raw.rstrip(b"\0")) - len(data)
+            if torn > 0:
+                # a torn last line: an append that never completed, hence never acknowledged
+                log.warning("jevons ledger: dropping %d unterminated bytes at the end of %s", torn, path)
+            rows = _parse_lines(data, path, directory / "quarantine.jsonl", ledger, read_capture)
             for i in range(0, len(rows), _MAX_BATCH):
                 stored += ledger.insert_rows(rows[i : i + _MAX_BATCH])
             path.unlink(missing_ok=True)
@@ -147,12 +178,14 @@ class JournaledStore:
         durability: Durability = "strict",
         flush_interval_ms: float = 5.0,
         recent_keys: int = 100_000,
-        rotate_bytes: int = 64 << 20,
+        rotate_bytes: int = 16 << 20,
         memory_rows_bytes: int = 32 << 20,
         on_error: Callable[[BaseException], None] | None = None,
         reopen: Callable[[], SQLLedger] | None = None,
+        read_capture: CaptureReader | None = None,
     ) -> None:
         self.ledger = ledger
+        self.read_capture = read_capture
         self._reopen = reopen
         self.sync_timeout_s = 10.0
         self.directory = directory
@@ -168,28 +201,31 @@ class JournaledStore:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._drained_cond = threading.Condition()
-        # cumulative over log rotations: bytes (of log lines; none are written in fast mode) handed to the
-        # log, and of those, committed to the database; the current file starts at _base
+        # cumulative over the log's segments: bytes (of log lines; none are written in fast
+        # mode) handed to the log, and of those, committed to the database
         self._written = 0
         self._drained = 0
-        self._base = 0
         # rows appended and not yet taken by the drain (in log order); rows taken and not yet
         # committed; whether the rows were dropped from memory for the drain to re-read the log
         self._row_cap_bytes = memory_rows_bytes
         self._kept_bytes = 0
-        self._rows: list[IndexRow] = []
+        self._rows: list[IndexRow | _Pending] = []
         self._carry: list[IndexRow] = []
+        self._orphans: list[_Pending] = []  # captures dropped from memory by a spill (see _keep)
+        # captures handed over, and of those, built (their events exist, their sinks ran)
+        self._captures = 0
+        self._built = 0
+        self._built_cond = threading.Condition()
         self._spilled = False
         self._stats = {"appended": 0, "duplicates": 0, "stored": 0, "db_duplicates": 0,
                        "drain_errors": 0, "recovered": 0}
         self.last_error: str | None = None
-        self._fd = -1
-        self._read_fd = -1
-        self._path: Path | None = None
+        self._log: MappedLog | None = None
         directory.mkdir(parents=True, exist_ok=True)
         if durability != "fast":
-            self._open_log()
-        self._stats["recovered"] = recover_journals(ledger, directory, skip=self._path)
+            self._log = MappedLog(directory, rotate_bytes)
+        self._stats["recovered"] = recover_journals(ledger, directory, skip=self._own_paths(),
+                                                    read_capture=self._reader())
         self._last_recovery = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="jevons-ledger-drain", daemon=True)
         self._thread.start()
@@ -205,11 +241,9 @@ class JournaledStore:
         closed here, since closing a shared socket would break the parent's session."""
         assert self._reopen is not None
         _ORPHANED_CONNECTIONS.append(self.ledger)
-        for fd in (self._fd, self._read_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._fd = self._read_fd = -1
+        if self._log is not None:
+            self._log.abandon()
+            self._log = None
         self._lock = threading.Lock()
         self._drained_cond = threading.Condition()
         self._stop = threading.Event()
@@ -217,33 +251,37 @@ class JournaledStore:
         self._rows = []
         self._kept_bytes = 0
         self._carry = []
+        self._orphans = []
+        self._captures = self._built = 0
+        self._built_cond = threading.Condition()
         self._spilled = False
-        self._written = self._drained = self._base = 0
+        self._written = self._drained = 0
         self.ledger = self._reopen()
         if self.durability != "fast":
-            self._open_log()
+            self._log = MappedLog(self.directory, self._rotate_bytes)
         self._thread = threading.Thread(target=self._run, name="jevons-ledger-drain", daemon=True)
         self._thread.start()
 
-    # -- the log file ---------------------------------------------------------------------
-    def _open_log(self) -> None:
-        path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}{_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
-        self._read_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._path = path
-        self._base = self._written
+    # -- the log ----------------------------------------------------------------------------
+    def _own_paths(self) -> list[Path]:
+        return [] if self._log is None else self._log.paths
 
     # -- EventStore -----------------------------------------------------------------------
+    def _reader(self) -> CaptureReader:
+        if self.read_capture is None:
+            self.read_capture = default_capture_reader()
+        return self.read_capture
+
     def _keep(self, rows: list[IndexRow], size: int) -> None:
         """Hand ``rows`` (just written to the log, in log order) to the drain; under the lock."""
         if self._spilled:
             return
         if self.durability != "fast" and self._kept_bytes > self._row_cap_bytes:
             # the database is slow or down: stop holding rows in memory, the drain reads
-            # them back from the log once it catches up
+            # them back from the log once it catches up (captures among them are still
+            # completed, for the meter's sinks and counts; their rows come from the log)
             self._spilled = True
+            self._orphans += [r for r in self._rows if r[0] is _PENDING]  # type: ignore[misc]
             self._rows = []
             self._kept_bytes = 0
             return
@@ -254,7 +292,6 @@ class JournaledStore:
         """Store ``event``; returns once it survives the death of this process (``strict``)."""
         raw = encode_event(event)
         row = index_row(event, raw)  # the database row, built once here: the drain re-encodes nothing
-        line = raw + b"\n"
         key = event.idempotency_key
         with self._lock:
             if self._closed:
@@ -262,12 +299,9 @@ class JournaledStore:
             if key in self._recent:
                 self._stats["duplicates"] += 1
                 return False
-            if self.durability != "fast":
-                n = os.write(self._fd, line)
-                while n < len(line):  # a short write only happens on a full disk or a signal
-                    line = line[n:]
-                    n = os.write(self._fd, line)
-            self._written += len(line)
+            if self._log is not None:
+                self._log.append_line(raw)
+            self._written += len(raw) + 1
             self._keep([row], len(raw))
             self._recent.add(key)
             self._recent_order.append(key)
@@ -278,6 +312,71 @@ class JournaledStore:
         if self.durability == "sync":
             self._wait_committed(target)
         return True
+
+    def append_capture(self, line: bytes, item: Any, complete: Callable[[Any], Event]) -> bool:
+        """Log a finished call whose event is built later (``jevons.capture.record``): ``line``
+        is written like an event's line (durable once this returns, in ``strict`` mode), and
+        the drain thread calls ``complete(item)`` for the event, in log order, before it
+        commits. The event's key is fresh (never a duplicate). False: not taken (``sync`` mode,
+        or the database is behind and rows are not held in memory); build the event now."""
+        with self._lock:
+            if self._closed or self._spilled or self._kept_bytes > self._row_cap_bytes or (
+                    self.durability == "sync"):
+                if self._closed:
+                    raise RuntimeError("jevons ledger store is closed")
+                return False
+            log = self._log
+            if log is not None:
+                log.append_line(line)
+            size = len(line) + 1
+            self._written += size
+            self._rows.append((_PENDING, line, item, complete))
+            self._kept_bytes += size
+            self._stats["appended"] += 1
+            self._captures += 1
+        return True
+
+    def settle(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every capture handed over so far has its event built (and the sinks
+        that ``complete`` feeds have seen it), committed or not: unlike ``flush``, this does
+        not wait for a database that is down."""
+        with self._lock:
+            target = self._captures
+        self._wake.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._built_cond:
+            while self._built < target:
+                if not self._thread.is_alive():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._built_cond.wait(0.05 if left is None else min(left, 0.05))
+        return True
+
+    def _count_built(self, n: int) -> None:
+        if n:
+            with self._built_cond:
+                self._built += n
+                self._built_cond.notify_all()
+
+    def _materialize(self, pending: _Pending) -> IndexRow | None:
+        """The row of a deferred capture: its event from ``complete`` (which also hands it to
+        the meter's sinks), else rebuilt from its log line; ``None`` if neither works (the
+        line is quarantined)."""
+        _, line, item, complete = pending
+        try:
+            event = complete(item)
+        except Exception as exc:
+            log.error("jevons ledger: building a captured event failed (%r); rebuilt from its log line", exc)
+            try:
+                event = self._reader()(line)
+            except Exception as exc2:
+                log.error("jevons ledger: unreadable capture line quarantined: %s", exc2)
+                with open(self.directory / "quarantine.jsonl", "ab") as fh:
+                    fh.write(line + b"\n")
+                return None
+        return index_row(event, encode_event(event))
 
     def append_many(self, events: Iterable[Event]) -> int:
         """Store several events with one ``write`` (and, in ``sync`` mode, one wait)."""
@@ -301,11 +400,8 @@ class JournaledStore:
             if not lines:
                 return 0
             data = b"\n".join(lines) + b"\n"
-            if self.durability != "fast":
-                view = memoryview(data)
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
+            if self._log is not None:
+                self._log.append_block(data)
             self._written += len(data)
             self._keep(rows, len(data))
             self._stats["appended"] += len(lines)
@@ -338,12 +434,10 @@ class JournaledStore:
         with contextlib.suppress(Exception):
             self._drain_once()
         clean = self._drained >= self._written
-        if self._fd >= 0:
-            os.close(self._read_fd)
-            if clean and self._path is not None:
-                self._path.unlink(missing_ok=True)
-            os.close(self._fd)  # releases the flock: a leftover log is recovered by the next start
-            self._fd = -1
+        if self._log is not None:
+            # a log with uncommitted lines is kept: the next start recovers it
+            self._log.close(delete=clean)
+            self._log = None
         self.ledger.close()
 
     def stats(self) -> dict[str, int]:
@@ -383,14 +477,29 @@ class JournaledStore:
         with self._lock:
             upto = self._written
             spilled = self._spilled
-            taken: list[IndexRow] = []
+            taken: list[IndexRow | _Pending] = []
             if not spilled:
                 taken, self._rows = self._rows, []
                 self._kept_bytes = 0
+            orphans, self._orphans = self._orphans, []
+        for _, _, item, complete in orphans:  # spilled captures: their rows come from the log
+            with contextlib.suppress(Exception):
+                complete(item)
+        self._count_built(len(orphans))
         if spilled:
             self._carry = []  # the log holds those rows too, from the committed offset on
             return self._drain_log(upto)
-        rows = self._carry + taken
+        rows = self._carry
+        built = 0
+        for r in taken:
+            if r[0] is _PENDING:
+                built += 1
+                row = self._materialize(r)  # type: ignore[arg-type]
+                if row is not None:
+                    rows.append(row)
+            else:
+                rows.append(r)  # type: ignore[arg-type]
+        self._count_built(built)
         if not rows:
             self._maybe_rotate()
             return 0
@@ -405,11 +514,12 @@ class JournaledStore:
         """Commit the log from the committed offset up to ``upto``, parsing its lines."""
         size = upto - self._drained
         n = 0
-        if size > 0:
-            data = os.pread(self._read_fd, size, self._drained - self._base)
+        if size > 0 and self._log is not None:
+            with self._lock:  # the log's segment list changes under the lock
+                data = self._log.read(self._drained, upto)
             cut = data.rfind(b"\n") + 1  # whole lines only (always all of it: lines are written whole)
-            rows = _parse_lines(data[:cut], self._path or Path("?"),
-                                self.directory / "quarantine.jsonl", self.ledger)
+            rows = _parse_lines(data[:cut], self.directory / "(this process's log)",
+                                self.directory / "quarantine.jsonl", self.ledger, self._reader())
             for i in range(0, len(rows), _MAX_BATCH):
                 self._commit(rows[i : i + _MAX_BATCH])
             n = len(rows)
@@ -437,17 +547,12 @@ class JournaledStore:
             self._drained_cond.notify_all()
 
     def _maybe_rotate(self) -> None:
-        if self.durability == "fast" or self._written - self._base < self._rotate_bytes:
+        """Delete the log segments whose lines are all committed."""
+        if self._log is None:
             return
         with self._lock:
-            if self._drained < self._written:
-                return
-            old_path, old_fd, old_read = self._path, self._fd, self._read_fd
-            self._open_log()
-        os.close(old_read)
-        if old_path is not None:
-            old_path.unlink(missing_ok=True)
-        os.close(old_fd)
+            if self._log is not None:
+                self._log.release(self._drained)
 
     def _run(self) -> None:
         backoff = self._interval
@@ -455,11 +560,14 @@ class JournaledStore:
             self._wake.wait(backoff)
             self._wake.clear()
             try:
+                log_ = self._log
+                if log_ is not None:
+                    log_.prefault()
                 self._drain_once()
                 if time.monotonic() - self._last_recovery > 30.0:
                     self._last_recovery = time.monotonic()
                     self._stats["recovered"] += recover_journals(
-                        self.ledger, self.directory, skip=self._path
+                        self.ledger, self.directory, skip=self._own_paths(), read_capture=self._reader()
                     )
                 backoff = self._interval
                 self.last_error = None

@@ -68,6 +68,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import operator
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from jevons.capture.attribution import Attribution
 from jevons.capture.extract import Extracted
 from jevons.capture.meter import CURRENT_CALL, Call, review_extracted
+from jevons.capture.record import plain
 from jevons.usage import Usage
 
 if TYPE_CHECKING:
@@ -97,6 +99,7 @@ __all__ = [
     "patch_stream",
     "register_adapter",
     "rewrapping",
+    "snapshot_fields",
 ]
 
 T = TypeVar("T")
@@ -229,6 +232,13 @@ class MethodSpec:
     stream: Callable[[Call, Any], Any] | None = None
     is_stream: Callable[[dict[str, Any]], bool] = _default_is_stream
     on_result: Callable[[Call, Any], None] = _default_on_result
+    # what of a complete response must be logged for its extractor to read it again after a
+    # crash (a dict in the provider's JSON shape, or a ``(names, values)`` pair of its top-level
+    # fields; pydantic models in it are fine; ``None`` for a response it does not know, which
+    # is then read at once; see ``snapshot_fields``): with one, a complete
+    # response's extraction and pricing are left to the ledger's background thread (see
+    # ``jevons.capture.record``); no snapshot: the response is read on the caller's thread
+    snapshot: Callable[[Any], Any] | None = None
 
 
 _UNOBSERVED = "stream could not be observed"
@@ -256,6 +266,8 @@ def instrument(
     is_stream = spec.is_stream
     default_is_stream = is_stream is _default_is_stream
     on_result = spec.on_result
+    snapshot = spec.snapshot
+    capture = meter._capture
     begin = meter.begin
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
@@ -299,6 +311,7 @@ def instrument(
             call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
             if call is None:
                 return await fn(*args, **kwargs)
+            call.snapshot = snapshot
             streaming = _prepare(call, kwargs)
             token = set_call(call)
             try:
@@ -308,6 +321,11 @@ def instrument(
                 raise
             finally:
                 reset_call(token)
+            # the common case, kept short (see ``Meter._capture``): a complete response logged
+            # as it is, its event built by the ledger's background thread
+            if snapshot is not None and not streaming and meter._deferred and call.run is None and capture(
+                    call, result):
+                return result
             return _after(call, result, streaming)
 
         return ametered
@@ -317,6 +335,7 @@ def instrument(
         call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
         if call is None:
             return fn(*args, **kwargs)
+        call.snapshot = snapshot
         streaming = _prepare(call, kwargs)
         token = set_call(call)
         try:
@@ -326,9 +345,42 @@ def instrument(
             raise
         finally:
             reset_call(token)
+        # the common case, kept short (see ``Meter._capture``): a complete response logged as
+        # it is, its event built by the ledger's background thread
+        if snapshot is not None and not streaming and meter._deferred and call.run is None and capture(
+                call, result):
+            return result
         return _after(call, result, streaming)
 
     return metered
+
+
+def snapshot_fields(*names: str, model: str | None = None) -> Callable[[Any], Any]:
+    """A ``MethodSpec.snapshot`` that keeps the top-level fields ``names`` of a response (an
+    SDK object or a dict) as a ``(names, values)`` pair: one C call (``attrgetter``) on an SDK
+    object, no dict built on the caller's thread. Nested SDK models are written as their
+    declared fields; the extra fields (``__pydantic_extra__``) of the field named ``model``
+    are kept too (e.g. a gateway's ``usage.cost``), those of models nested deeper are not (the
+    SDK declares the fields the extractors read there)."""
+    getter = operator.attrgetter(*names)
+    if len(names) < 2:
+        raise ValueError("snapshot_fields needs two names or more")
+    at = names.index(model) if model is not None else -1
+
+    def snapshot(response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+        if type(response) is dict:
+            return names, tuple([response.get(name) for name in names])
+        try:
+            values = getter(response)
+        except AttributeError:  # not the SDK's response (e.g. a raw-response wrapper)
+            return None
+        if at >= 0:
+            value = values[at]
+            if value is not None and getattr(value, "__pydantic_extra__", None):
+                values = (*values[:at], plain(value), *values[at + 1:])
+        return names, values
+
+    return snapshot
 
 
 def rewrapping(original: Callable[..., Any], adapter: Adapter, meter: Meter, attribution: Attribution,

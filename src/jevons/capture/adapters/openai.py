@@ -43,6 +43,7 @@ from jevons.capture.adapters import (
     patch_stream,
     register_adapter,
     rewrapping,
+    snapshot_fields,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
 from jevons.capture.extract import (
@@ -366,12 +367,33 @@ def _responses_stream(call: Call, stream: Any) -> Any:
     return patch_stream(stream, call, acc)
 
 
-CHAT = MethodSpec(api="chat", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish)
-CHAT_PARSE = MethodSpec(api="chat", on_result=_finish)
-RESPONSES = MethodSpec(api="responses", stream=_responses_stream, on_result=_finish)
-RESPONSES_PARSE = MethodSpec(api="responses", on_result=_finish)
-COMPLETIONS = MethodSpec(api="completions", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish)
-EMBEDDINGS = MethodSpec(api="embeddings", on_result=_finish)
+# what the extractors read again after a crash: chat-shaped answers keep the usage block (with
+# a gateway's ``cost`` among its extra fields), the model and the tier; the tool-call count of
+# a chat answer (no price uses it) is left out
+_CHAT_SNAPSHOT = snapshot_fields("model", "service_tier", "usage", model="usage")
+_MODEL_USAGE_SNAPSHOT = snapshot_fields("model", "usage", model="usage")  # completions, embeddings
+
+
+def _responses_snapshot(response: Any) -> dict[str, Any]:
+    """A Responses answer: its usage, status and the type of each output item (web searches
+    and tool calls are counted from them)."""
+    return {
+        "object": field(response, "object"), "model": field(response, "model"),
+        "service_tier": field(response, "service_tier"), "status": field(response, "status"),
+        "usage": field(response, "usage"),
+        "output": [{"type": field(item, "type")} for item in field(response, "output", ()) or ()],
+    }
+
+
+CHAT = MethodSpec(api="chat", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish,
+                  snapshot=_CHAT_SNAPSHOT)
+CHAT_PARSE = MethodSpec(api="chat", on_result=_finish, snapshot=_CHAT_SNAPSHOT)
+RESPONSES = MethodSpec(api="responses", stream=_responses_stream, on_result=_finish,
+                       snapshot=_responses_snapshot)
+RESPONSES_PARSE = MethodSpec(api="responses", on_result=_finish, snapshot=_responses_snapshot)
+COMPLETIONS = MethodSpec(api="completions", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish,
+                         snapshot=_MODEL_USAGE_SNAPSHOT)
+EMBEDDINGS = MethodSpec(api="embeddings", on_result=_finish, snapshot=_MODEL_USAGE_SNAPSHOT)
 
 
 def provider_of(client: Any) -> str:

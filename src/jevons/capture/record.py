@@ -1,0 +1,118 @@
+"""The append-log line of a deferred capture, and the event it rebuilds after a crash.
+
+Why (issue 3): inside a real SDK call, jevons' own Python runs with cold CPU caches, several
+times slower than in a warm loop, so the work done on the caller's thread is the added
+latency. A wrapped call that finishes normally therefore does only this on its thread: the
+adapter's snapshot of the response (``MethodSpec.snapshot``: the few fields its extractor
+reads, e.g. ``model``, ``service_tier`` and the ``usage`` block) and the call's identity are
+encoded as one JSON line by msgspec (in C; pydantic models are read through their
+``__dict__``; a snapshot turns a model with extra fields into a dict with ``plain``) and
+written to the append log, a memory-mapped file (``jevons.ledger.maplog``). Once that store
+returns, the call survives a ``kill -9``. The ledger's background thread then extracts,
+prices and builds the ``Event`` from the live response (``Meter._complete_capture``) and
+stores it under the same id.
+
+If the process dies before that, the next process that drains the log rebuilds the event from
+the line alone (``read_capture``): the provider's own extractor reads the snapshot as the JSON
+it is, and the call is priced as of its timestamp, through the same ``capture.build`` rules as
+a live event. What a snapshot leaves out (e.g. the number of tool calls in an OpenAI chat
+answer, which no price uses) is missing from a rebuilt event only.
+
+Line: ``["C1", id_prefix, id_counter, ts_us, provider, api, extractor, model_requested,
+customer, feature, tags, attempt, region, snapshot]`` (the event id is
+``capture_id(id_prefix, id_counter)``, formatted off the caller's thread); the snapshot is
+a JSON object in the provider's shape, or a ``[names, values]`` pair of its top-level fields
+(``adapters.snapshot_fields``). ``Meter._capture`` writes it (inline: one call fewer on the
+caller's thread) with ``encoder``.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from jevons.capture.build import make_event, outcome
+from jevons.capture.extract import Extracted, get_extractor
+from jevons.events import Event
+from jevons.ledger.base import CAPTURE_PREFIX
+from jevons.ledger.codec import from_micros
+
+if TYPE_CHECKING:
+    from jevons.prices.book import PriceBook
+
+__all__ = ["TAG", "capture_id", "capture_reader", "from_micros", "plain", "read_capture"]
+
+TAG = "C1"
+assert b'["' + TAG.encode() + b'",' == CAPTURE_PREFIX  # the ledger tells capture lines by it
+
+log = logging.getLogger("jevons.capture")
+
+
+def plain(obj: Any) -> Any:
+    """A pydantic model (or any object with a ``__dict__``) as JSON-able fields: its declared
+    fields plus pydantic's extra fields (where a gateway puts what the SDK does not declare,
+    e.g. OpenRouter's ``usage.cost``). Snapshots call it for a model that has extra fields;
+    the log writer reads every other model's ``__dict__`` itself, in C (a Python hook per
+    object costs several microseconds on the caller's thread)."""
+    state = obj.__dict__
+    extra = getattr(obj, "__pydantic_extra__", None)
+    return {**state, **extra} if extra else state
+
+
+#: encodes a capture line (the tuple of the module docstring)
+encoder = msgspec.json.Encoder(enc_hook=operator.attrgetter("__dict__"), decimal_format="string")
+_decoder = msgspec.json.Decoder()
+
+
+def capture_id(prefix: str, counter: int) -> str:
+    """The event id of a capture: the meter's id form (per-process prefix, 12 hex digits)."""
+    return f"{prefix}{counter:012x}"
+
+
+def _log_error(exc: BaseException, kind: str) -> None:
+    """A pricing failure while rebuilding: the event is kept, unpriced; say why in the log."""
+    log.warning("jevons: %s error while rebuilding a call from the append log: %r", kind, exc)
+
+
+def read_capture(line: bytes, book: PriceBook) -> Event:
+    """The event of a capture line whose process died before building it (see module doc)."""
+    from jevons.capture.meter import review_extracted
+
+    (tag, id_prefix, id_counter, ts_us, provider, api, extractor_key, model, customer, feature, tags,
+     attempt, region, snapshot) = _decoder.decode(line)
+    if tag != TAG:
+        raise ValueError(f"not a capture line: {tag!r}")
+    event_id = capture_id(id_prefix, id_counter)
+    if isinstance(snapshot, list):  # a (names, values) pair: the response's top-level fields
+        names, values = snapshot
+        snapshot = dict(zip(names, values, strict=True))
+    try:
+        x: Extracted = get_extractor(extractor_key, api)(snapshot, model)
+    except Exception:
+        x = review_extracted(snapshot)
+    status, error = outcome(x, "ok", None)
+    at = from_micros(ts_us)
+    return make_event(
+        book, _log_error, event_id=event_id, idempotency_key=event_id, timestamp=at,
+        provider=provider, api=api, model_requested=model, x=x, customer=customer, feature=feature,
+        tags=tags, run_id=None, step=None, attempt=attempt, status=status, error=error,
+        region=region, price_at=at,
+    )
+
+
+def capture_reader(book: PriceBook | None = None) -> Callable[[bytes], Event]:
+    """``read_capture`` bound to ``book`` (``None``: the default book, loaded on first use)."""
+    loaded: list[PriceBook] = [] if book is None else [book]
+
+    def read(line: bytes) -> Event:
+        if not loaded:
+            from jevons.prices.loader import default_book
+
+            loaded.append(default_book())
+        return read_capture(line, loaded[0])
+
+    return read

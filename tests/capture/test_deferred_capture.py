@@ -1,0 +1,253 @@
+"""Deferred capture: with the durable ledger, a wrapped call only logs a snapshot of its
+response on the caller's thread; the event is built by the ledger's background thread, and
+rebuilt from the log line alone when the process dies first. Either way it must be the same
+event a synchronous meter builds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+from jevons.capture.meter import Meter
+from jevons.capture.record import capture_reader
+from jevons.config import Settings
+from jevons.events import Event
+from jevons.ledger import open_ledger, open_store
+from jevons.ledger.journal import JournaledStore
+from jevons.prices.book import PriceBook
+from jevons.prices.loader import default_book
+from ledger.helpers import settings_for
+from replay import ReplayServer
+
+REPO = Path(__file__).resolve().parents[2]
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def openai_client(replay: ReplayServer, **kw: Any) -> OpenAI:
+    return OpenAI(base_url=replay.url + "/v1", api_key="sk-test", max_retries=0, **kw)
+
+
+@pytest.fixture
+def durable_settings(tmp_path: Path) -> Settings:
+    return settings_for("sqlite", home=str(tmp_path / "home"))
+
+
+@pytest.fixture
+def durable(durable_settings: Settings, test_book: PriceBook) -> Iterator[Meter]:
+    meter = Meter(book=test_book, settings=durable_settings, policy=False)
+    try:
+        yield meter
+    finally:
+        meter.close()
+
+
+def same_event(a: Event, b: Event) -> None:
+    """Everything but the id and the time (made per event) is equal."""
+    for name in ("provider", "api", "model_requested", "usage", "customer", "feature", "tags",
+                 "status", "attempt", "usage_complete", "gateway_cost_usd", "needs_review", "error",
+                 "service_tier", "region", "run_id", "step"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert (a.cost.status, a.cost.total_usd, a.cost.price_version, a.cost.lines) == (
+        b.cost.status, b.cost.total_usd, b.cost.price_version, b.cost.lines)
+
+
+def log_lines(meter: Meter) -> list[bytes]:
+    store = meter.store
+    assert isinstance(store, JournaledStore) and store._log is not None
+    data = store._log.read(0, store._log.written)
+    return [line for line in data.split(b"\n") if line]
+
+
+def test_the_durable_meter_defers_and_builds_the_same_event(
+    replay: ReplayServer, durable: Meter, meter: Meter,
+) -> None:
+    replay.on(CHAT, "openai/chat_cached")
+    assert durable._deferred and not meter._deferred  # the in-memory store builds at once
+    for m in (durable, meter):
+        client = m.wrap(openai_client(replay), customer="acme", feature="chat", tags={"team": "a"})
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    [line] = log_lines(durable)
+    assert line.startswith(b'["C1",'), "a capture line, not a built event"
+    [deferred] = durable.events()  # query waits for the background thread
+    [synchronous] = meter.events()
+    same_event(deferred, synchronous)
+    assert deferred.cost.status == "priced" and deferred.usage.cache_read_tokens > 0
+
+
+def test_sinks_and_stats_see_the_event_once_flushed(
+    replay: ReplayServer, durable_settings: Settings, test_book: PriceBook,
+) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    seen: list[Event] = []
+    with Meter(book=test_book, settings=durable_settings, sinks=[seen.append], policy=False) as m:
+        client = m.wrap(openai_client(replay), customer="acme")
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert m.flush(timeout=30)
+        assert len(seen) == 3 and len({e.id for e in seen}) == 3
+        assert [e.id for e in m.events()] == [e.id for e in seen]  # the sinks' order is the log's
+        stats = m.stats()
+        assert (stats["events"], stats["ok"], stats["errors"]) == (3, 3, 0)
+
+
+def test_a_logged_line_rebuilds_the_live_event_gateway_cost_included(
+    replay: ReplayServer, durable: Meter, test_book: PriceBook,
+) -> None:
+    # OpenRouter's charge lives in the usage block's extra fields: the snapshot keeps them
+    replay.on("/api/v1/chat/completions", "openrouter/chat_claude")
+    client = durable.wrap(OpenAI(base_url=replay.url + "/api/v1", api_key="k", max_retries=0),
+                          customer="acme", provider="openrouter")
+    client.chat.completions.create(model="anthropic/claude-sonnet-4", messages=MESSAGES)
+    [line] = log_lines(durable)
+    rebuilt = capture_reader(test_book)(line)
+    [live] = durable.events()
+    assert rebuilt.id == live.id and rebuilt.timestamp == live.timestamp
+    same_event(rebuilt, live)
+    assert rebuilt.gateway_cost_usd == Decimal("0.007635")
+
+
+def test_a_raw_response_is_recorded_at_once(replay: ReplayServer, durable: Meter) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    client = durable.wrap(openai_client(replay), customer="acme")
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.parse().usage is not None
+    [event] = durable.events()
+    assert event.status == "ok" and event.usage.input_tokens > 0
+    assert durable.stats()["errors"] == 0
+
+
+def test_runs_and_guards_keep_building_on_the_callers_thread(
+    replay: ReplayServer, durable: Meter, durable_settings: Settings, test_book: PriceBook,
+) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    client = durable.wrap(openai_client(replay), customer="acme")
+    with durable.run("r1", budget_usd="1") as run:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert run.attempts == 1 and run.cost_usd > 0  # no flush: the total is current
+    assert not log_lines(durable)[-1].startswith(b'["C1",')
+    guarded = Meter(book=test_book, settings=durable_settings, guards=[lambda *a: None], policy=False)
+    try:
+        assert not guarded._deferred  # a cap must see each call's cost before the next one
+    finally:
+        guarded.close()
+
+
+def test_a_failing_build_is_rebuilt_from_the_line(
+    replay: ReplayServer, durable: Meter, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+
+    def broken(item: Any) -> Event:
+        raise RuntimeError("bug while building")
+
+    monkeypatch.setattr(durable, "_complete_capture", broken)
+    client = durable.wrap(openai_client(replay), customer="acme")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    [event] = durable.events()
+    assert event.customer == "acme" and event.cost.status == "priced"
+
+
+RECORDER = textwrap.dedent(
+    """
+    import sys
+    from openai import OpenAI
+    from jevons import Meter
+
+    meter = Meter()  # default durable store; the drain is set to never run (see the env)
+    client = meter.wrap(OpenAI(base_url=sys.argv[1], api_key="k", max_retries=0), customer="acme")
+    i = 0
+    while True:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                       jevons_tags={"n": str(i)})
+        sys.stdout.write(f"ok {i}\\n")
+        sys.stdout.flush()
+        i += 1
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_after_wrapped_calls_loses_none(replay: ReplayServer, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls whose process died before their events were built are rebuilt at the next start:
+    priced as of their own time, with their attribution, once each."""
+    replay.on(CHAT, "openai/chat_basic")
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JEVONS_")}
+    env.update({"JEVONS_HOME": str(home), "JEVONS_LEDGER__FLUSH_INTERVAL_MS": "3600000",
+                "PYTHONPATH": str(REPO / "src")})
+    proc = subprocess.Popen([sys.executable, "-c", RECORDER, replay.url + "/v1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acked: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(acked) < 200 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"recorder died: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        acked.append(line.split()[1])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    acked += [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("ok ")]
+    logs = list((home / "ledger" / "journal").rglob("*.jnl"))
+    assert logs and any(b'["C1",' in p.read_bytes() for p in logs), "the calls were only logged"
+
+    for k, v in env.items():
+        if k.startswith("JEVONS_"):
+            monkeypatch.setenv(k, v)
+    settings = settings_for("sqlite", home=str(home))
+    store = open_store(settings)  # start-up recovery rebuilds the logged calls
+    store.close()
+    ledger = open_ledger(settings)
+    try:
+        events = ledger.query()
+    finally:
+        ledger.close()
+    tags = [e.tags["n"] for e in events]
+    assert len(tags) == len(set(tags)), "a call stored twice"
+    assert set(acked) <= set(tags) and len(set(tags) - set(acked)) <= 1  # + the one in flight
+    book = default_book()
+    for e in events:
+        assert (e.customer, e.status, e.api, e.provider) == ("acme", "ok", "chat", "openai")
+        assert e.cost.status == "priced"
+        assert e.cost.total_usd == book.cost(e.model or "", e.usage, provider="openai",
+                                             at=e.timestamp).total_usd
+
+
+def test_stats_and_sinks_do_not_wait_for_a_database_that_is_down(
+    replay: ReplayServer, durable_settings: Settings, test_book: PriceBook,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    seen: list[Event] = []
+    m = Meter(book=test_book, settings=durable_settings, sinks=[seen.append], policy=False)
+    store = m.store
+    assert isinstance(store, JournaledStore)
+
+    def down(rows: object) -> int:
+        raise RuntimeError("database is down")
+
+    real = store.ledger.insert_rows
+    monkeypatch.setattr(store.ledger, "insert_rows", down)
+    client = m.wrap(openai_client(replay), customer="acme")
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    t0 = time.monotonic()
+    assert m.stats()["events"] == 2 and len(seen) == 2  # built, not committed
+    assert time.monotonic() - t0 < 8
+    assert not m.flush(timeout=0.3)  # not committed: flush says so
+    monkeypatch.setattr(store.ledger, "insert_rows", real)  # the database is back
+    assert m.flush(timeout=30) and len(m.events()) == 2 and len(seen) == 2
+    m.close()
