@@ -6,8 +6,8 @@ latency. A wrapped call that finishes normally therefore does only this on its t
 adapter's snapshot of the response (``MethodSpec.snapshot``: the few fields its extractor
 reads, e.g. ``model``, ``service_tier`` and the ``usage`` block) and the call's identity are
 encoded as one JSON line by msgspec (in C; pydantic models are read through their
-``__dict__``; a snapshot turns a model with extra fields into a dict with ``plain``) and
-written to the append log, a memory-mapped file (``jevons.ledger.maplog``). Once that store
+``__dict__``; ``FieldSnapshot`` keeps a model's extra fields beside it) and written to the
+append log, a memory-mapped file (``jevons.ledger.maplog``). Once that store
 returns, the call survives a ``kill -9``. The ledger's background thread then extracts,
 prices and builds the ``Event`` from the live response (``Meter._complete_capture``) and
 stores it under the same id.
@@ -44,7 +44,7 @@ from jevons.ledger.codec import from_micros
 if TYPE_CHECKING:
     from jevons.prices.book import PriceBook
 
-__all__ = ["TAG", "capture_id", "capture_reader", "from_micros", "plain", "read_capture"]
+__all__ = ["TAG", "FieldSnapshot", "capture_id", "capture_reader", "from_micros", "read_capture"]
 
 TAG = "C1"
 assert b'["' + TAG.encode() + b'",' == CAPTURE_PREFIX  # the ledger tells capture lines by it
@@ -52,15 +52,39 @@ assert b'["' + TAG.encode() + b'",' == CAPTURE_PREFIX  # the ledger tells captur
 log = logging.getLogger("jevons.capture")
 
 
-def plain(obj: Any) -> Any:
-    """A pydantic model (or any object with a ``__dict__``) as JSON-able fields: its declared
-    fields plus pydantic's extra fields (where a gateway puts what the SDK does not declare,
-    e.g. OpenRouter's ``usage.cost``). Snapshots call it for a model that has extra fields;
-    the log writer reads every other model's ``__dict__`` itself, in C (a Python hook per
-    object costs several microseconds on the caller's thread)."""
-    state = obj.__dict__
-    extra = getattr(obj, "__pydantic_extra__", None)
-    return {**state, **extra} if extra else state
+class FieldSnapshot:
+    """A snapshot of a response's top-level fields ``names``, as a ``(names, values)`` pair:
+    one C call (``operator.attrgetter``) on an SDK object, no dict built on the caller's
+    thread (``Meter._capture`` calls ``getter`` itself). Nested SDK models are written as
+    their declared fields (their ``__dict__``, read by the encoder in C). The extra fields of
+    the model named ``extras_of`` (``__pydantic_extra__``, where a gateway puts what the SDK
+    does not declare, e.g. OpenRouter's ``usage.cost``) are read by the same C call into the
+    field ``"<name>+"``, which ``read_capture`` merges back; extra fields of models nested
+    deeper are not kept (the SDK declares the fields the extractors read there). A response
+    that lacks a field (e.g. a raw-response wrapper, or no usage block) has no snapshot: it
+    is recorded at once instead."""
+
+    __slots__ = ("getter", "names")
+
+    def __init__(self, *names: str, extras_of: str | None = None) -> None:
+        if extras_of is not None and extras_of not in names:
+            raise ValueError(f"extras_of={extras_of!r} is not one of the fields {names}")
+        paths = [*names, *([f"{extras_of}.__pydantic_extra__"] if extras_of else [])]
+        self.names: tuple[str, ...] = (*names, *([extras_of + EXTRA] if extras_of else []))
+        self.getter = operator.attrgetter(*paths) if len(paths) > 1 else (
+            lambda obj, _get=operator.attrgetter(paths[0]): (_get(obj),))
+
+    def __call__(self, response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+        if type(response) is dict:
+            return self.names, tuple([response.get(name) for name in self.names])
+        try:
+            return self.names, self.getter(response)
+        except AttributeError:
+            return None
+
+
+#: the suffix of a snapshot field holding the extra fields of the field it names
+EXTRA = "+"
 
 
 #: encodes a capture line (the tuple of the module docstring)
@@ -89,7 +113,14 @@ def read_capture(line: bytes, book: PriceBook) -> Event:
     event_id = capture_id(id_prefix, id_counter)
     if isinstance(snapshot, list):  # a (names, values) pair: the response's top-level fields
         names, values = snapshot
-        snapshot = dict(zip(names, values, strict=True))
+        snapshot = {}
+        for name, value in zip(names, values, strict=True):
+            if name.endswith(EXTRA):
+                base = snapshot.get(name[: -len(EXTRA)])
+                if value and isinstance(base, dict):
+                    snapshot[name[: -len(EXTRA)]] = {**base, **value}
+            else:
+                snapshot[name] = value
     try:
         x: Extracted = get_extractor(extractor_key, api)(snapshot, model)
     except Exception:

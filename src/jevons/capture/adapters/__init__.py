@@ -68,7 +68,6 @@ import contextlib
 import copy
 import functools
 import inspect
-import operator
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -78,7 +77,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from jevons.capture.attribution import Attribution
 from jevons.capture.extract import Extracted
 from jevons.capture.meter import CURRENT_CALL, Call, review_extracted
-from jevons.capture.record import plain
+from jevons.capture.record import FieldSnapshot
 from jevons.usage import Usage
 
 if TYPE_CHECKING:
@@ -87,6 +86,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTER_MODULES",
     "Adapter",
+    "FieldSnapshot",
     "MethodSpec",
     "StreamAccumulator",
     "find_adapter",
@@ -239,6 +239,8 @@ class MethodSpec:
     # response's extraction and pricing are left to the ledger's background thread (see
     # ``jevons.capture.record``); no snapshot: the response is read on the caller's thread
     snapshot: Callable[[Any], Any] | None = None
+    # ``prepare`` only changes streaming calls (not called for the others: one call fewer)
+    prepare_streams_only: bool = False
 
 
 _UNOBSERVED = "stream could not be observed"
@@ -262,6 +264,7 @@ def instrument(
     extractor = spec.extractor or prov
     model_kw = spec.model_kwarg
     prepare = spec.prepare
+    streams_only = spec.prepare_streams_only
     on_stream = spec.stream
     is_stream = spec.is_stream
     default_is_stream = is_stream is _default_is_stream
@@ -279,7 +282,7 @@ def instrument(
         streaming = False
         try:
             streaming = kwargs.get("stream") is True if default_is_stream else is_stream(kwargs)
-            if prepare is not None:
+            if prepare is not None and (streaming or not streams_only):
                 prepare(call, kwargs, streaming)
         except Exception as exc:
             meter._error(exc, "adapter")
@@ -336,7 +339,13 @@ def instrument(
         if call is None:
             return fn(*args, **kwargs)
         call.snapshot = snapshot
-        streaming = _prepare(call, kwargs)
+        streaming = False
+        try:  # ``_prepare``, inlined: this wrapper runs on every call
+            streaming = kwargs.get("stream") is True if default_is_stream else is_stream(kwargs)
+            if prepare is not None and (streaming or not streams_only):
+                prepare(call, kwargs, streaming)
+        except Exception as exc:
+            meter._error(exc, "adapter")
         token = set_call(call)
         try:
             result = fn(*args, **kwargs)
@@ -355,32 +364,11 @@ def instrument(
     return metered
 
 
-def snapshot_fields(*names: str, model: str | None = None) -> Callable[[Any], Any]:
+def snapshot_fields(*names: str, model: str | None = None) -> FieldSnapshot:
     """A ``MethodSpec.snapshot`` that keeps the top-level fields ``names`` of a response (an
-    SDK object or a dict) as a ``(names, values)`` pair: one C call (``attrgetter``) on an SDK
-    object, no dict built on the caller's thread. Nested SDK models are written as their
-    declared fields; the extra fields (``__pydantic_extra__``) of the field named ``model``
-    are kept too (e.g. a gateway's ``usage.cost``), those of models nested deeper are not (the
-    SDK declares the fields the extractors read there)."""
-    getter = operator.attrgetter(*names)
-    if len(names) < 2:
-        raise ValueError("snapshot_fields needs two names or more")
-    at = names.index(model) if model is not None else -1
-
-    def snapshot(response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
-        if type(response) is dict:
-            return names, tuple([response.get(name) for name in names])
-        try:
-            values = getter(response)
-        except AttributeError:  # not the SDK's response (e.g. a raw-response wrapper)
-            return None
-        if at >= 0:
-            value = values[at]
-            if value is not None and getattr(value, "__pydantic_extra__", None):
-                values = (*values[:at], plain(value), *values[at + 1:])
-        return names, values
-
-    return snapshot
+    SDK object or a dict), and the extra fields of the one named ``model`` (see
+    ``jevons.capture.record.FieldSnapshot``)."""
+    return FieldSnapshot(*names, extras_of=model)
 
 
 def rewrapping(original: Callable[..., Any], adapter: Adapter, meter: Meter, attribution: Attribution,

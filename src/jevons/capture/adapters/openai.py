@@ -386,13 +386,13 @@ def _responses_snapshot(response: Any) -> dict[str, Any]:
 
 
 CHAT = MethodSpec(api="chat", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish,
-                  snapshot=_CHAT_SNAPSHOT)
+                  snapshot=_CHAT_SNAPSHOT, prepare_streams_only=True)
 CHAT_PARSE = MethodSpec(api="chat", on_result=_finish, snapshot=_CHAT_SNAPSHOT)
 RESPONSES = MethodSpec(api="responses", stream=_responses_stream, on_result=_finish,
                        snapshot=_responses_snapshot)
 RESPONSES_PARSE = MethodSpec(api="responses", on_result=_finish, snapshot=_responses_snapshot)
 COMPLETIONS = MethodSpec(api="completions", prepare=_prepare_chat, stream=_chat_stream, on_result=_finish,
-                         snapshot=_MODEL_USAGE_SNAPSHOT)
+                         snapshot=_MODEL_USAGE_SNAPSHOT, prepare_streams_only=True)
 EMBEDDINGS = MethodSpec(api="embeddings", on_result=_finish, snapshot=_MODEL_USAGE_SNAPSHOT)
 
 
