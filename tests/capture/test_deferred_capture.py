@@ -6,7 +6,6 @@ event a synchronous meter builds."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,7 @@ from jevons.ledger import open_ledger, open_store
 from jevons.ledger.journal import JournaledStore
 from jevons.prices.book import PriceBook
 from jevons.prices.loader import default_book
-from ledger.helpers import settings_for
+from ledger.helpers import acks_until_killed, settings_for
 from replay import ReplayServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,19 +187,11 @@ def test_sigkill_after_wrapped_calls_loses_none(replay: ReplayServer, tmp_path: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("JEVONS_")}
     env.update({"JEVONS_HOME": str(home), "JEVONS_LEDGER__FLUSH_INTERVAL_MS": "3600000",
                 "PYTHONPATH": str(REPO / "src")})
-    proc = subprocess.Popen([sys.executable, "-c", RECORDER, replay.url + "/v1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    acked: list[str] = []
-    deadline = time.monotonic() + 60
-    while len(acked) < 200 and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            pytest.fail(f"recorder died: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-        acked.append(line.split()[1])
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    acked += [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("ok ")]
+    err_path = tmp_path / "recorder.stderr"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-c", RECORDER, replay.url + "/v1"], env=env,
+                                stdout=subprocess.PIPE, stderr=err_file, text=True)
+    acked = acks_until_killed(proc, 200, err_path)
     logs = list((home / "ledger" / "journal").rglob("*.jnl"))
     assert logs and any(b'["C1",' in p.read_bytes() for p in logs), "the calls were only logged"
 

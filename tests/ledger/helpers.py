@@ -6,6 +6,8 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -99,3 +101,29 @@ def open_test_ledger(
         yield ledger
     finally:
         ledger.close()
+
+
+def acks_until_killed(proc: Any, at_least: int, stderr_path: Path, *, timeout_s: float = 60) -> list[str]:
+    """Read the ``ok <key>`` lines a recorder subprocess prints once a call returned, until
+    ``at_least`` are in; then SIGKILL it and read what it printed before it died (through the
+    same buffered reader: nothing read ahead is lost). The keys of every acknowledged call."""
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    acked: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while len(acked) < at_least and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"recorder died: {stderr_path.read_text()[-2000:]}")
+        acked.append(line.split()[1])
+    os.kill(proc.pid, signal.SIGKILL)  # mid-load, no clean shutdown
+    proc.wait(timeout=30)
+    acked += [line.split()[1] for line in proc.stdout.read().splitlines()
+              if line.startswith("ok ") and len(line.split()) == 2]
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acked) >= at_least
+    return acked

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from jevons.ledger import open_store
 from jevons.sinks import open_outbox
 from jevons.sinks.lago import LagoSink
 from jevons.sinks.outbox import Outbox, RetryPolicy
-from ledger.helpers import make_event
+from ledger.helpers import acks_until_killed, make_event
 
 from .fakes import FakeBilling, load_state
 
@@ -93,21 +92,7 @@ def test_sigkill_while_recording_with_the_sink_down(
     with open(err_path, "w") as err_file:
         proc = subprocess.Popen([sys.executable, "-c", RECORDER], env=env, stdout=subprocess.PIPE,
                                 stderr=err_file, text=True)
-    acked: list[str] = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while len(acked) < 1500 and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            pytest.fail(f"recorder died: {err_path.read_text()[-2000:]}")
-        acked.append(line.split()[1])
-    os.kill(proc.pid, signal.SIGKILL)  # mid-load, no clean shutdown
-    proc.wait(timeout=30)
-    rest = proc.stdout.read()  # through the same buffered reader: nothing read ahead is lost
-    acked += [line.split()[1] for line in rest.splitlines()
-              if line.startswith("ok ") and len(line.split()) == 2]
-    assert proc.returncode == -signal.SIGKILL
-    assert len(acked) >= 1500
+    acked = acks_until_killed(proc, 1500, err_path)
 
     # restart: the settings of the dead process; start-up recovers its append log
     for k, v in env.items():

@@ -342,16 +342,22 @@ class JournaledStore:
         not wait for a database that is down."""
         with self._lock:
             target = self._captures
+        return self._wait_for(self._built_cond, lambda: self._built >= target, timeout)
+
+    def _wait_for(self, cond: threading.Condition, reached: Callable[[], bool],
+                  timeout: float | None) -> bool:
+        """Wake the drain and wait (``cond`` notified by it) until ``reached()``; False on
+        timeout or when the drain thread died."""
         self._wake.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._built_cond:
-            while self._built < target:
-                if not self._thread.is_alive():
+        with cond:
+            while not reached():
+                if not self._thread.is_alive() and not self._closed:
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._built_cond.wait(0.05 if left is None else min(left, 0.05))
+                cond.wait(0.05 if left is None else min(left, 0.05))
         return True
 
     def _count_built(self, n: int) -> None:
@@ -456,17 +462,7 @@ class JournaledStore:
             )
 
     def _wait_drained(self, target: int, timeout: float | None) -> bool:
-        self._wake.set()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._drained_cond:
-            while self._drained < target:
-                if not self._thread.is_alive() and not self._closed:
-                    return False
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._drained_cond.wait(0.05 if left is None else min(left, 0.05))
-        return True
+        return self._wait_for(self._drained_cond, lambda: self._drained >= target, timeout)
 
     def _drain_once(self) -> int:
         """Commit what was appended since the last drain; return the number of events read.
