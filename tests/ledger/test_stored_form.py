@@ -216,3 +216,33 @@ def test_a_database_far_behind_spills_to_the_log_and_loses_nothing(
     assert sorted(e.id for e in ledger.query()) == sorted(e.id for e in [*events, after])
     assert store.stats()["stored"] == 61 and store.stats()["db_duplicates"] == 0
     store.close()
+
+
+def test_rows_kept_to_retry_count_against_the_memory_bound(
+    ledger: SQLLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage with the drain retrying all along: the rows it failed to commit and keeps to
+    retry count against ``memory_rows_bytes`` too, so memory stays bounded; nothing is lost."""
+    real = ledger.insert_rows
+    down = {"on": True}
+
+    def maybe(rows):  # type: ignore[no-untyped-def]
+        if down["on"]:
+            raise RuntimeError("database is down")
+        return real(rows)
+
+    monkeypatch.setattr(ledger, "insert_rows", maybe)
+    store = JournaledStore(ledger, tmp_path / "journal", flush_interval_ms=60_000,
+                           memory_rows_bytes=5_000)
+    events = [make_event(i) for i in range(50)]
+    for start in range(0, 50, 5):
+        for e in events[start : start + 5]:
+            assert store.append(e)
+        assert not store.flush(timeout=0.2)  # each retry takes the new rows into its carry
+    assert store._spilled, "the carried rows alone are over 5,000 bytes"
+    assert not store.flush(timeout=0.2)
+    assert not store._carry and not store._rows  # the log holds them; memory does not
+    down["on"] = False
+    assert store.flush(timeout=30)
+    assert sorted(e.id for e in ledger.query()) == sorted(e.id for e in events)
+    store.close()

@@ -211,6 +211,7 @@ class JournaledStore:
         self._kept_bytes = 0
         self._rows: list[IndexRow | _Pending] = []
         self._carry: list[IndexRow] = []
+        self._carry_bytes = 0  # of _carry, once a commit of it failed
         self._orphans: list[_Pending] = []  # captures dropped from memory by a spill (see _keep)
         # captures handed over, and of those, built (their events exist, their sinks ran)
         self._captures = 0
@@ -251,6 +252,7 @@ class JournaledStore:
         self._rows = []
         self._kept_bytes = 0
         self._carry = []
+        self._carry_bytes = 0
         self._orphans = []
         self._captures = self._built = 0
         self._built_cond = threading.Condition()
@@ -276,7 +278,7 @@ class JournaledStore:
         """Hand ``rows`` (just written to the log, in log order) to the drain; under the lock."""
         if self._spilled:
             return
-        if self.durability != "fast" and self._kept_bytes > self._row_cap_bytes:
+        if self.durability != "fast" and self._kept_bytes + self._carry_bytes > self._row_cap_bytes:
             # the database is slow or down: stop holding rows in memory, the drain reads
             # them back from the log once it catches up (captures among them are still
             # completed, for the meter's sinks and counts; their rows come from the log)
@@ -320,8 +322,8 @@ class JournaledStore:
         commits. The event's key is fresh (never a duplicate). False: not taken (``sync`` mode,
         or the database is behind and rows are not held in memory); build the event now."""
         with self._lock:
-            if self._closed or self._spilled or self._kept_bytes > self._row_cap_bytes or (
-                    self.durability == "sync"):
+            if self._closed or self._spilled or (
+                    self._kept_bytes + self._carry_bytes > self._row_cap_bytes) or self.durability == "sync":
                 if self._closed:
                     raise RuntimeError("jevons ledger store is closed")
                 return False
@@ -484,6 +486,7 @@ class JournaledStore:
         self._count_built(len(orphans))
         if spilled:
             self._carry = []  # the log holds those rows too, from the committed offset on
+            self._carry_bytes = 0
             return self._drain_log(upto)
         rows = self._carry
         built = 0
@@ -500,9 +503,20 @@ class JournaledStore:
             self._maybe_rotate()
             return 0
         self._carry = rows
-        for i in range(0, len(rows), _MAX_BATCH):
-            self._commit(rows[i : i + _MAX_BATCH])
-            self._carry = rows[i + _MAX_BATCH :]  # what is left if the next chunk fails
+        try:
+            for i in range(0, len(rows), _MAX_BATCH):
+                self._commit(rows[i : i + _MAX_BATCH])
+                self._carry = rows[i + _MAX_BATCH :]  # what is left if the next chunk fails
+        except BaseException:
+            # the database is down: what waits in memory counts against memory_rows_bytes
+            # too, or an outage of hours would grow it without bound (see _keep)
+            carry_bytes = sum(len(r[-1]) + 1 for r in self._carry)
+            with self._lock:
+                self._carry_bytes = carry_bytes
+            raise
+        if self._carry_bytes:
+            with self._lock:
+                self._carry_bytes = 0
         self._set_drained(upto)
         return len(rows)
 
