@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +39,7 @@ from jevons.capture.adapters import (
     patch_stream,
     register_adapter,
     rewrapping,
+    snapshot_fields,
 )
 from jevons.capture.attribution import CALL_KWARGS, Attribution, pop_call_attribution
 from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int
@@ -120,13 +121,29 @@ def _tier(block: Any) -> str | None:
     return tier if isinstance(tier, str) and tier else None
 
 
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def _raw(block: Any) -> dict[str, Any] | None:
+    """The usage block as a JSON dict without its null fields, whatever form the caller holds
+    (an SDK object is dumped without them: a JSON dict, e.g. a deferred capture's snapshot,
+    gives the same block)."""
+    raw = as_dict(block)
+    return _without_none(raw) if isinstance(block, Mapping) else raw
+
+
 def extract_message(message: Any, model: str | None = None) -> Extracted:
     """The extractor registered for ``("anthropic", "messages")``: a whole ``Message``."""
     block = _get(message, "usage")
     return Extracted(
         usage=usage_from_message(message),
         model=_model(message) or model,
-        raw_usage=as_dict(block),
+        raw_usage=_raw(block),
         service_tier=_tier(block),
     )
 
@@ -221,9 +238,35 @@ def _always_stream(kwargs: dict[str, Any]) -> bool:
     return True
 
 
+# what ``extract_message`` reads again after a crash (see ``jevons.capture.record``): the model,
+# the usage block (with its extra fields: what this SDK does not declare yet) and, of the
+# content, only one ``{"type": "tool_use"}`` per tool call (the text is not logged)
+_MESSAGE_FIELDS = snapshot_fields("model", "usage", model="usage")
+_MESSAGE_NAMES = (*_MESSAGE_FIELDS.names, "content")
+_message_fields = _MESSAGE_FIELDS.getter
+_TOOL_USE = {"type": "tool_use"}
+
+
+def _message_snapshot(message: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+    """A ``Message``'s snapshot, as ``(names, values)`` of its top-level fields; ``None`` for
+    anything else (a raw-response wrapper, no usage block): recorded at once."""
+    try:
+        values = _message_fields(message)
+    except AttributeError:
+        return None
+    tools: list[dict[str, str]] = []
+    content = getattr(message, "content", None)
+    if type(content) is list:
+        for block in content:
+            if getattr(block, "type", None) == "tool_use":
+                tools.append(_TOOL_USE)
+    return _MESSAGE_NAMES, (*values, tools)
+
+
 def _specs(provider: str) -> tuple[MethodSpec, MethodSpec]:
     """(create/parse, the deferred request of a ``.stream()`` manager)."""
-    call_spec = MethodSpec(API, provider, PROVIDER, stream=_observe, on_result=_finish)
+    call_spec = MethodSpec(API, provider, PROVIDER, stream=_observe, on_result=_finish,
+                           snapshot=_message_snapshot)
     deferred = MethodSpec(API, provider, PROVIDER, stream=_observe, is_stream=_always_stream)
     return call_spec, deferred
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import operator
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -160,12 +161,23 @@ def usage_from_response(response: Any) -> Usage:
     )
 
 
+def _rest(value: Any) -> Any:
+    """A JSON value as the REST API sends it: camelCase keys at every level, no null fields."""
+    if isinstance(value, Mapping):
+        return {_camel(str(k)): _rest(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_rest(v) for v in value]
+    return value
+
+
 def _raw(metadata: Any) -> dict[str, Any] | None:
-    """The usage block as the REST API sends it (camelCase), whatever form the caller holds."""
+    """The usage block as the REST API sends it (camelCase, no null fields), whatever form the
+    caller holds: the REST JSON, the same in snake_case (e.g. a deferred capture's snapshot)
+    or the SDK's object."""
     if metadata is None:
         return None
     if isinstance(metadata, Mapping):
-        return {_camel(str(k)): v for k, v in metadata.items()}
+        return {_camel(str(k)): _rest(v) for k, v in metadata.items() if v is not None}
     dump = getattr(metadata, "model_dump", None)
     if callable(dump):
         out = dump(mode="json", exclude_none=True, by_alias=True)
@@ -363,6 +375,39 @@ def _prepare(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
     call.model = call.model.removeprefix("models/")
 
 
+# what ``extract_response`` reads again after a crash (see ``jevons.capture.record``): the model
+# version, the usage metadata and, of the candidates, one ``{"function_call": {}}`` part per
+# function call and one (empty) query per web search query (no content, no query is logged)
+_RESPONSE_NAMES = ("model_version", "usage_metadata", "candidates")
+_response_fields = operator.attrgetter("model_version", "usage_metadata", "candidates")
+_FUNCTION_CALL: dict[str, Any] = {"function_call": {}}
+
+
+def _response_snapshot(response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+    """A ``GenerateContentResponse``'s snapshot, as ``(names, values)`` of its top-level fields;
+    ``None`` for anything else or one without ``usage_metadata``: recorded at once."""
+    try:
+        model, metadata, candidates = _response_fields(response)
+    except AttributeError:
+        return None
+    if metadata is None:
+        return None
+    calls = queries = 0
+    if type(candidates) is list:
+        for candidate in candidates:
+            parts = getattr(getattr(candidate, "content", None), "parts", None)
+            if type(parts) is list:
+                for part in parts:
+                    if getattr(part, "function_call", None) is not None:
+                        calls += 1
+            found = getattr(getattr(candidate, "grounding_metadata", None), "web_search_queries", None)
+            if isinstance(found, list | tuple):
+                queries += len(found)
+    kept = [{"content": {"parts": [_FUNCTION_CALL] * calls},
+             "grounding_metadata": {"web_search_queries": [""] * queries}}] if calls or queries else []
+    return _RESPONSE_NAMES, (model, metadata, kept)
+
+
 def _observe(call: Call, iterator: Any) -> Any:
     state = GeminiStreamState()
     if hasattr(iterator, "__anext__"):
@@ -411,7 +456,7 @@ class GeminiAdapter:
         c: Any = client
         api_client = c._api_client
         prov = provider or ("vertex_ai" if getattr(api_client, "vertexai", False) else PROVIDER)
-        call_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare)
+        call_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare, snapshot=_response_snapshot)
         stream_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare, stream=_observe,
                                  is_stream=_always_stream)
         new: Any = copy.copy(c)

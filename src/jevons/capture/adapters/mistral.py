@@ -17,6 +17,7 @@ become the audio subset.
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -239,6 +240,38 @@ class MistralStreamState:
 
 
 # ---------------------------------------------------------------------- wrapping
+# what ``extract_response`` reads again after a crash (see ``jevons.capture.record``): the model,
+# the usage block as received (``_reported``, without its ``model_dump``) and one
+# ``{"type": "function"}`` per tool call of the choices (the messages are not logged)
+_RESPONSE_NAMES = ("model", "usage", "choices")
+_response_fields = operator.attrgetter(
+    "model", "usage.__dict__", "usage.__pydantic_fields_set__", "usage.__pydantic_extra__", "choices")
+_TOOL_CALL = {"type": "function"}
+
+
+def _response_snapshot(response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+    """A ``ChatCompletionResponse``'s snapshot, as ``(names, values)`` of its top-level fields;
+    ``None`` for anything else (no usage block...): recorded at once.
+
+    The usage block keeps what ``_reported`` keeps of it: the fields the API sent (the SDK
+    fills the others with defaults: 0 or ``Unset``) and the extra fields but null ones."""
+    try:
+        model, state, received, extra, choices = _response_fields(response)
+    except AttributeError:
+        return None
+    block = {k: v for k, v in state.items() if k in received}
+    if extra:
+        block.update({k: v for k, v in extra.items() if v is not None})
+    calls = 0
+    if type(choices) is list:
+        for choice in choices:
+            tool_calls = getattr(getattr(choice, "message", None), "tool_calls", None)
+            if isinstance(tool_calls, list | tuple):
+                calls += len(tool_calls)
+    kept = [{"message": {"tool_calls": [_TOOL_CALL] * calls}}] if calls else []
+    return _RESPONSE_NAMES, (model, block, kept)
+
+
 def _observe(call: Call, stream: Any) -> Any:
     """The SDK's own ``EventStream``/``EventStreamAsync``, its event generator observed."""
     return patch_stream(stream, call, MistralStreamState(), iterator_attr="generator")
@@ -273,7 +306,7 @@ class MistralAdapter:
 
     def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T:
         prov = provider or PROVIDER
-        call_spec = MethodSpec(API, prov, PROVIDER)
+        call_spec = MethodSpec(API, prov, PROVIDER, snapshot=_response_snapshot)
         stream_spec = MethodSpec(API, prov, PROVIDER, stream=_observe, is_stream=_always_stream)
         c: Any = client
         new: Any = copy.copy(c)

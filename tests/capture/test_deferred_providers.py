@@ -1,0 +1,254 @@
+"""Deferred capture for Anthropic, Mistral and Gemini: with the durable ledger, a complete
+response only has its snapshot logged on the caller's thread. The event the ledger's background
+thread builds from the live response, and the one rebuilt from the log line alone (a process
+that died first), must both be the event a synchronous meter builds for the same reply.
+
+Each provider's recorded replies (``tests/replay/fixtures/<provider>``) cover its usage
+features: cache reads and writes (5-minute, 1-hour), thinking, tool calls, web searches
+(Anthropic's ``server_tool_use``, Gemini's grounding queries), audio input."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from google import genai
+from google.genai import types
+from mistralai.client import Mistral
+
+from jevons.capture.meter import Meter
+from jevons.capture.record import capture_reader
+from jevons.config import Settings
+from jevons.events import Event
+from jevons.ledger.journal import JournaledStore
+from jevons.prices.book import PriceBook
+from jevons.usage import Usage
+from ledger.helpers import settings_for
+from replay import ReplayServer
+
+ATTRIBUTION: dict[str, Any] = {"customer": "acme", "feature": "chat", "tags": {"team": "a"}}
+
+
+# ---------------------------------------------------------------------- meters
+@pytest.fixture
+def meter(list_price_meter: Meter) -> Meter:
+    """The synchronous in-memory meter, over the published prices (the replies' models)."""
+    return list_price_meter
+
+
+@pytest.fixture
+def durable_settings(tmp_path: Path) -> Settings:
+    return settings_for("sqlite", home=str(tmp_path / "home"))
+
+
+@pytest.fixture
+def durable(durable_settings: Settings, list_price_book: PriceBook) -> Iterator[Meter]:
+    m = Meter(book=list_price_book, settings=durable_settings, policy=False)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def log_lines(meter: Meter) -> list[bytes]:
+    store = meter.store
+    assert isinstance(store, JournaledStore) and store._log is not None
+    data = store._log.read(0, store._log.written)
+    return [line for line in data.split(b"\n") if line]
+
+
+def same_event(a: Event, b: Event) -> None:
+    """Everything but the id and the time (made per event) is equal."""
+    for name in ("provider", "api", "model_requested", "model", "usage", "raw_usage", "customer",
+                 "feature", "tags", "status", "attempt", "usage_complete", "gateway_cost_usd",
+                 "needs_review", "error", "service_tier", "region", "run_id", "step"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert (a.cost.status, a.cost.total_usd, a.cost.price_version, a.cost.lines) == (
+        b.cost.status, b.cost.total_usd, b.cost.price_version, b.cost.lines)
+
+
+def check_deferred(durable: Meter, meter: Meter, book: PriceBook) -> Event:
+    """The durable meter logged one capture line; its event (built by the background thread)
+    and the one rebuilt from the line alone are the synchronous meter's."""
+    [line] = log_lines(durable)
+    assert line.startswith(b'["C1",'), "a capture line, not a built event"
+    assert b"Paris" not in line, "the answer's text is not logged"
+    [deferred] = durable.events()  # the query waits for the background thread
+    [synchronous] = meter.events()
+    same_event(deferred, synchronous)
+    rebuilt = capture_reader(book)(line)
+    assert (rebuilt.id, rebuilt.timestamp) == (deferred.id, deferred.timestamp)
+    same_event(rebuilt, deferred)
+    assert (deferred.customer, deferred.feature, deferred.tags) == ("acme", "chat", {"team": "a"})
+    assert deferred.status == "ok" and deferred.usage_complete
+    if not deferred.needs_review:
+        assert deferred.cost.status == "priced", deferred.cost.notes
+    assert durable.stats()["errors"] == 0
+    return deferred
+
+
+def both(durable: Meter, meter: Meter, make: Callable[[Meter], Any], call: Callable[[Any], Any]) -> None:
+    assert durable._deferred and not meter._deferred  # the in-memory store builds at once
+    for m in (durable, meter):
+        call(m.wrap(make(m), **ATTRIBUTION))
+
+
+async def both_async(durable: Meter, meter: Meter, make: Callable[[Meter], Any],
+                     call: Callable[[Any], Awaitable[Any]]) -> None:
+    assert durable._deferred and not meter._deferred
+    for m in (durable, meter):
+        await call(m.wrap(make(m), **ATTRIBUTION))
+
+
+# ---------------------------------------------------------------------- Anthropic
+ASK: dict[str, Any] = {
+    "model": "claude-sonnet-4-5-20250929",
+    "max_tokens": 256,
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
+
+ANTHROPIC: dict[str, Callable[[Usage], bool]] = {
+    "messages_basic": lambda u: u.input_tokens == 21 and u.output_tokens == 9,
+    "messages_cache_5m": lambda u: u.cache_write_5m_tokens == 2048,
+    "messages_cache_1h": lambda u: (u.cache_read_tokens, u.cache_write_5m_tokens, u.cache_write_1h_tokens)
+    == (4096, 1024, 2048),
+    "messages_cache_unknown_ttl": lambda u: u.cache_write_5m_tokens == 500,
+    "messages_thinking": lambda u: u.reasoning_tokens == 301,
+    "messages_tools": lambda u: u.tool_calls == 2,
+    "messages_web_search": lambda u: u.web_search_requests == 2,
+}
+
+
+def anthropic_client(replay: ReplayServer) -> Callable[[Meter], anthropic.Anthropic]:
+    return lambda m: anthropic.Anthropic(api_key="test-key", base_url=replay.url, max_retries=0)
+
+
+@pytest.mark.parametrize("name", sorted(ANTHROPIC))
+def test_anthropic_messages_are_deferred_and_rebuilt(
+    name: str, replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    replay.on("/v1/messages", f"anthropic/{name}")
+    both(durable, meter, anthropic_client(replay), lambda c: c.messages.create(**ASK))
+    event = check_deferred(durable, meter, list_price_book)
+    assert ANTHROPIC[name](event.usage), event.usage
+    assert (event.provider, event.api) == ("anthropic", "messages")
+
+
+async def test_anthropic_async_create_is_deferred(
+    replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    replay.on("/v1/messages", "anthropic/messages_cache_1h")
+
+    def make(m: Meter) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(api_key="test-key", base_url=replay.url, max_retries=0)
+
+    async def call(client: anthropic.AsyncAnthropic) -> Any:
+        return await client.messages.create(**ASK)
+
+    await both_async(durable, meter, make, call)
+    event = check_deferred(durable, meter, list_price_book)
+    assert event.usage.cache_read_tokens == 4096 and event.usage.cache_write_1h_tokens == 2048
+
+
+def test_anthropic_raw_response_is_recorded_at_once(replay: ReplayServer, durable: Meter) -> None:
+    replay.on("/v1/messages", "anthropic/messages_basic")
+    client = durable.wrap(anthropic_client(replay)(durable), customer="acme")
+    raw = client.messages.with_raw_response.create(**ASK)
+    assert raw.parse().usage.input_tokens == 21
+    [event] = durable.events()
+    assert event.status == "ok" and event.usage.input_tokens == 21
+    assert durable.stats()["errors"] == 0
+
+
+# ---------------------------------------------------------------------- Mistral
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+MISTRAL: dict[str, tuple[str, Callable[[Usage], bool]]] = {
+    "chat_basic": ("mistral-large-latest", lambda u: (u.input_tokens, u.output_tokens) == (10, 8)),
+    "chat_cache": ("mistral-large-latest", lambda u: u.cache_read_tokens == 2048),
+    "chat_tools": ("mistral-small-latest", lambda u: u.tool_calls == 2),
+    # audio billed per second: flagged for review, with its raw usage, either way
+    "chat_audio": ("voxtral-small-latest", lambda u: u.input_tokens == 412),
+}
+
+
+def mistral_client(replay: ReplayServer) -> Callable[[Meter], Mistral]:
+    return lambda m: Mistral(api_key="test-key", server_url=replay.url)
+
+
+@pytest.mark.parametrize("name", sorted(MISTRAL))
+def test_mistral_chat_complete_is_deferred_and_rebuilt(
+    name: str, replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    model, expect = MISTRAL[name]
+    replay.on("/v1/chat/completions", f"mistral/{name}")
+    both(durable, meter, mistral_client(replay),
+         lambda c: c.chat.complete(model=model, messages=MESSAGES))
+    event = check_deferred(durable, meter, list_price_book)
+    assert expect(event.usage), event.usage
+    assert (event.provider, event.api, event.model_requested) == ("mistral", "chat", model)
+    assert event.needs_review == (name == "chat_audio")
+    assert event.raw_usage is not None and "total_tokens" in event.raw_usage
+
+
+async def test_mistral_complete_async_is_deferred(
+    replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    replay.on("/v1/chat/completions", "mistral/chat_cache")
+
+    async def call(client: Mistral) -> Any:
+        return await client.chat.complete_async(model="mistral-large-latest", messages=MESSAGES)  # type: ignore[arg-type]
+
+    await both_async(durable, meter, mistral_client(replay), call)
+    event = check_deferred(durable, meter, list_price_book)
+    assert event.usage.cache_read_tokens == 2048
+
+
+# ---------------------------------------------------------------------- Gemini
+GENERATE = r"^/v1(beta)?/models/[^/]+:generateContent$"
+
+GEMINI: dict[str, tuple[str, Callable[[Usage], bool]]] = {
+    "generate_basic": ("gemini-2.5-flash", lambda u: (u.input_tokens, u.output_tokens) == (9, 8)),
+    "generate_thinking": ("gemini-2.5-pro", lambda u: (u.output_tokens, u.reasoning_tokens) == (623, 611)),
+    "generate_cache": ("gemini-2.5-flash", lambda u: u.cache_read_tokens == 4096),
+    "generate_tools": ("gemini-2.5-flash", lambda u: u.tool_calls == 2 and u.reasoning_tokens == 58),
+    "generate_audio": ("gemini-2.5-flash", lambda u: u.audio_input_tokens == 1600),
+    "generate_image": ("gemini-2.5-flash-image",
+                       lambda u: (u.image_input_tokens, u.image_output_tokens) == (258, 1290)),
+    "generate_search": ("gemini-2.5-flash", lambda u: u.web_search_requests == 2 and u.input_tokens == 168),
+}
+
+
+def gemini_client(replay: ReplayServer) -> Callable[[Meter], genai.Client]:
+    return lambda m: genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=replay.url))
+
+
+@pytest.mark.parametrize("name", sorted(GEMINI))
+def test_gemini_generate_content_is_deferred_and_rebuilt(
+    name: str, replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    model, expect = GEMINI[name]
+    replay.on(GENERATE, f"gemini/{name}")
+    # ``models/...``: the adapter's ``prepare`` still runs and names the model without it
+    both(durable, meter, gemini_client(replay),
+         lambda c: c.models.generate_content(model=f"models/{model}", contents="hello"))
+    event = check_deferred(durable, meter, list_price_book)
+    assert expect(event.usage), event.usage
+    assert (event.provider, event.api, event.model_requested) == ("gemini", "generate_content", model)
+    assert event.raw_usage is not None and "promptTokenCount" in event.raw_usage
+
+
+async def test_gemini_aio_generate_content_is_deferred(
+    replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    replay.on(GENERATE, "gemini/generate_thinking")
+
+    async def call(client: genai.Client) -> Any:
+        return await client.aio.models.generate_content(model="gemini-2.5-pro", contents="hello")
+
+    await both_async(durable, meter, gemini_client(replay), call)
+    event = check_deferred(durable, meter, list_price_book)
+    assert event.usage.reasoning_tokens == 611
