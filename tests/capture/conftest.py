@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from jevons.capture.meter import Meter
+from jevons.config import Settings
 from jevons.prices.book import PriceBook
 from jevons.prices.loader import default_book
 from jevons.prices.model import Dim, PriceVersion
@@ -100,3 +102,11 @@ def list_price_book() -> PriceBook:
 def list_price_meter(list_price_book: PriceBook) -> Iterator[Meter]:
     with Meter(book=list_price_book, ledger="memory") as m:
         yield m
+
+
+@pytest.fixture
+def durable_settings(tmp_path: Path) -> Settings:
+    """Settings of a durable SQLite ledger in a fresh home (the deferred-capture tests)."""
+    from ledger.helpers import settings_for
+
+    return settings_for("sqlite", home=str(tmp_path / "home"))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deferred_support import log_lines, same_event
 from openai import OpenAI
 
 from jevons.capture.meter import Meter
@@ -39,34 +40,12 @@ def openai_client(replay: ReplayServer, **kw: Any) -> OpenAI:
 
 
 @pytest.fixture
-def durable_settings(tmp_path: Path) -> Settings:
-    return settings_for("sqlite", home=str(tmp_path / "home"))
-
-
-@pytest.fixture
 def durable(durable_settings: Settings, test_book: PriceBook) -> Iterator[Meter]:
     meter = Meter(book=test_book, settings=durable_settings, policy=False)
     try:
         yield meter
     finally:
         meter.close()
-
-
-def same_event(a: Event, b: Event) -> None:
-    """Everything but the id and the time (made per event) is equal."""
-    for name in ("provider", "api", "model_requested", "usage", "customer", "feature", "tags",
-                 "status", "attempt", "usage_complete", "gateway_cost_usd", "needs_review", "error",
-                 "service_tier", "region", "run_id", "step"):
-        assert getattr(a, name) == getattr(b, name), name
-    assert (a.cost.status, a.cost.total_usd, a.cost.price_version, a.cost.lines) == (
-        b.cost.status, b.cost.total_usd, b.cost.price_version, b.cost.lines)
-
-
-def log_lines(meter: Meter) -> list[bytes]:
-    store = meter.store
-    assert isinstance(store, JournaledStore) and store._log is not None
-    data = store._log.read(0, store._log.written)
-    return [line for line in data.split(b"\n") if line]
 
 
 def test_the_durable_meter_defers_and_builds_the_same_event(

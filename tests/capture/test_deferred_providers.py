@@ -10,11 +10,11 @@ features: cache reads and writes (5-minute, 1-hour), thinking, tool calls, web s
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
+from deferred_support import log_lines, same_event
 from google import genai
 from google.genai import types
 from mistralai.client import Mistral
@@ -23,10 +23,8 @@ from jevons.capture.meter import Meter
 from jevons.capture.record import capture_reader
 from jevons.config import Settings
 from jevons.events import Event
-from jevons.ledger.journal import JournaledStore
 from jevons.prices.book import PriceBook
 from jevons.usage import Usage
-from ledger.helpers import settings_for
 from replay import ReplayServer
 
 ATTRIBUTION: dict[str, Any] = {"customer": "acme", "feature": "chat", "tags": {"team": "a"}}
@@ -40,34 +38,12 @@ def meter(list_price_meter: Meter) -> Meter:
 
 
 @pytest.fixture
-def durable_settings(tmp_path: Path) -> Settings:
-    return settings_for("sqlite", home=str(tmp_path / "home"))
-
-
-@pytest.fixture
 def durable(durable_settings: Settings, list_price_book: PriceBook) -> Iterator[Meter]:
     m = Meter(book=list_price_book, settings=durable_settings, policy=False)
     try:
         yield m
     finally:
         m.close()
-
-
-def log_lines(meter: Meter) -> list[bytes]:
-    store = meter.store
-    assert isinstance(store, JournaledStore) and store._log is not None
-    data = store._log.read(0, store._log.written)
-    return [line for line in data.split(b"\n") if line]
-
-
-def same_event(a: Event, b: Event) -> None:
-    """Everything but the id and the time (made per event) is equal."""
-    for name in ("provider", "api", "model_requested", "model", "usage", "raw_usage", "customer",
-                 "feature", "tags", "status", "attempt", "usage_complete", "gateway_cost_usd",
-                 "needs_review", "error", "service_tier", "region", "run_id", "step"):
-        assert getattr(a, name) == getattr(b, name), name
-    assert (a.cost.status, a.cost.total_usd, a.cost.price_version, a.cost.lines) == (
-        b.cost.status, b.cost.total_usd, b.cost.price_version, b.cost.lines)
 
 
 def check_deferred(durable: Meter, meter: Meter, book: PriceBook) -> Event:
