@@ -221,3 +221,37 @@ def test_stats_and_sinks_do_not_wait_for_a_database_that_is_down(
     monkeypatch.setattr(store.ledger, "insert_rows", real)  # the database is back
     assert m.flush(timeout=30) and len(m.events()) == 2 and len(seen) == 2
     m.close()
+
+
+EXITER = textwrap.dedent(
+    """
+    import sys
+    from openai import OpenAI
+    from jevons import Meter
+
+    out = open(sys.argv[2], "a")
+    meter = Meter(sinks=[lambda e: out.write(e.id + "\\n") or out.flush()])
+    client = meter.wrap(OpenAI(base_url=sys.argv[1], api_key="k", max_retries=0), customer="acme")
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    # no meter.close(): the process just ends
+    """
+)
+
+
+def test_a_meter_never_closed_still_delivers_and_stores_at_exit(replay: ReplayServer, tmp_path: Path) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    home, sink_file = tmp_path / "home", tmp_path / "sink.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JEVONS_")}
+    env.update({"JEVONS_HOME": str(home), "JEVONS_LEDGER__FLUSH_INTERVAL_MS": "3600000",
+                "PYTHONPATH": str(REPO / "src")})
+    done = subprocess.run([sys.executable, "-c", EXITER, replay.url + "/v1", str(sink_file)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    delivered = sink_file.read_text().split()
+    assert len(delivered) == 3  # the sink saw every call, though the drain never ran on its own
+    ledger = open_ledger(settings_for("sqlite", home=str(home)))
+    try:
+        assert sorted(e.id for e in ledger.query()) == sorted(delivered)
+    finally:
+        ledger.close()

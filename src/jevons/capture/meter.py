@@ -62,6 +62,7 @@ import itertools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -327,6 +328,9 @@ class Meter:
         # deferred captures (see ``_capture``): only with a store that logs them durably, and
         # not with guards (a cap or a policy must see every call's cost before the next call)
         self._deferred = callable(getattr(self.store, "append_capture", None)) and not self.guards
+        # a meter never closed (the process just exits): the calls of its last milliseconds
+        # still reach its sinks and the database (they are in the log either way)
+        self._at_exit = weakref.finalize(self, _flush_at_exit, self.store) if self._deferred else None
 
     # ================================================================== setup
     def _open_store(self, ledger: EventStore | str | None) -> EventStore:
@@ -512,6 +516,8 @@ class Meter:
         if self._closed:
             return
         self._closed = True
+        if self._at_exit is not None:
+            self._at_exit.detach()
         self._flush_backlog()
         # the store first: its last drain completes the deferred captures, which reach the
         # sinks while they are still open
@@ -751,6 +757,16 @@ class Meter:
                 hook(exc, kind)
         except Exception:
             pass
+
+
+def _flush_at_exit(store: EventStore) -> None:
+    flush = getattr(store, "flush", None)
+    if callable(flush):
+        try:
+            flush(5.0)
+        except Exception as exc:  # at exit: say so, never raise
+            log.warning("jevons: could not flush the ledger at exit (%r); the append log keeps "
+                        "the calls", exc)
 
 
 def _attribution_scope(attribution: Attribution) -> _Scope:
