@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -110,3 +110,18 @@ def durable_settings(tmp_path: Path) -> Settings:
     from ledger.helpers import settings_for
 
     return settings_for("sqlite", home=str(tmp_path / "home"))
+
+
+@pytest.fixture
+def durable_meter(durable_settings: Settings) -> Iterator[Callable[[PriceBook], Meter]]:
+    """``durable_meter(book)``: a meter over the durable ledger of ``durable_settings`` (no
+    policy), closed after the test."""
+    made: list[Meter] = []
+
+    def make(book: PriceBook) -> Meter:
+        made.append(Meter(book=book, settings=durable_settings, policy=False))
+        return made[-1]
+
+    yield make
+    for m in made:
+        m.close()

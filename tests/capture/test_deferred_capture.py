@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,8 @@ def openai_client(replay: ReplayServer, **kw: Any) -> OpenAI:
 
 
 @pytest.fixture
-def durable(durable_settings: Settings, test_book: PriceBook) -> Iterator[Meter]:
-    meter = Meter(book=test_book, settings=durable_settings, policy=False)
-    try:
-        yield meter
-    finally:
-        meter.close()
+def durable(durable_meter: Callable[[PriceBook], Meter], test_book: PriceBook) -> Meter:
+    return durable_meter(test_book)
 
 
 def test_the_durable_meter_defers_and_builds_the_same_event(

@@ -9,7 +9,7 @@ features: cache reads and writes (5-minute, 1-hour), thinking, tool calls, web s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
@@ -21,7 +21,6 @@ from mistralai.client import Mistral
 
 from jevons.capture.meter import Meter
 from jevons.capture.record import capture_reader
-from jevons.config import Settings
 from jevons.events import Event
 from jevons.prices.book import PriceBook
 from jevons.usage import Usage
@@ -38,12 +37,8 @@ def meter(list_price_meter: Meter) -> Meter:
 
 
 @pytest.fixture
-def durable(durable_settings: Settings, list_price_book: PriceBook) -> Iterator[Meter]:
-    m = Meter(book=list_price_book, settings=durable_settings, policy=False)
-    try:
-        yield m
-    finally:
-        m.close()
+def durable(durable_meter: Callable[[PriceBook], Meter], list_price_book: PriceBook) -> Meter:
+    return durable_meter(list_price_book)
 
 
 def check_deferred(durable: Meter, meter: Meter, book: PriceBook) -> Event:

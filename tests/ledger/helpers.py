@@ -127,3 +127,18 @@ def acks_until_killed(proc: Any, at_least: int, stderr_path: Path, *, timeout_s:
     assert proc.returncode == -signal.SIGKILL
     assert len(acked) >= at_least
     return acked
+
+
+class Outage:
+    """Makes ``ledger.insert_rows`` fail while ``down`` is true (a database that is down)."""
+
+    def __init__(self, ledger: SQLLedger, monkeypatch: Any, *, down: bool = True) -> None:
+        self.down = down
+        real = ledger.insert_rows
+
+        def maybe(rows: Any) -> int:
+            if self.down:
+                raise RuntimeError("database is down")
+            return real(rows)
+
+        monkeypatch.setattr(ledger, "insert_rows", maybe)

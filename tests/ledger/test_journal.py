@@ -17,7 +17,7 @@ from jevons.ledger.codec import encode_event
 from jevons.ledger.database import SQLLedger, sqlite_ledger
 from jevons.ledger.journal import JournaledStore
 
-from .helpers import drop_schema, make_event, settings_for, unique_schema
+from .helpers import Outage, drop_schema, make_event, settings_for, unique_schema
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -269,20 +269,12 @@ def test_sync_mode_never_hangs_on_a_dead_database(tmp_path: Path, monkeypatch: p
     from jevons.ledger.database import LedgerError
 
     led = sqlite_ledger(tmp_path / "l.db")
-    real = led.insert_rows
-    down = {"on": True}
-
-    def maybe(rows):  # type: ignore[no-untyped-def]
-        if down["on"]:
-            raise RuntimeError("database is down")
-        return real(rows)
-
-    monkeypatch.setattr(led, "insert_rows", maybe)
+    outage = Outage(led, monkeypatch)
     store = JournaledStore(led, tmp_path / "j", durability="sync", flush_interval_ms=1)
     store.sync_timeout_s = 0.3
     with pytest.raises(LedgerError, match="kept in the append log"):
         store.append(make_event(1, key="during-outage"))
-    down["on"] = False
+    outage.down = False
     assert store.flush(timeout=30)
     assert [e.idempotency_key for e in led.query()] == ["during-outage"]
     store.close()

@@ -28,7 +28,7 @@ from jevons.ledger.journal import JournaledStore
 from jevons.ledger.schema import LEDGER_MIGRATIONS
 from jevons.prices.cost import Cost
 
-from .helpers import make_event, settings_for
+from .helpers import Outage, make_event, settings_for
 
 _V1_COLS = ("idempotency_key, event_id, ts_us, customer, run_id, model, model_requested, status, "
             "cost_status, total_usd, price_version, body")
@@ -184,15 +184,7 @@ def test_a_database_far_behind_spills_to_the_log_and_loses_nothing(
 ) -> None:
     """Rows wait in memory for the drain only up to ``memory_rows_bytes``; past that the
     drain reads the log back, then hands over to memory again once caught up."""
-    real = ledger.insert_rows
-    down = {"on": True}
-
-    def maybe(rows):  # type: ignore[no-untyped-def]
-        if down["on"]:
-            raise RuntimeError("database is down")
-        return real(rows)
-
-    monkeypatch.setattr(ledger, "insert_rows", maybe)
+    outage = Outage(ledger, monkeypatch)
     # the drain runs only when woken (flush), so the test sees each state
     store = JournaledStore(ledger, tmp_path / "journal", flush_interval_ms=60_000,
                            memory_rows_bytes=5_000)
@@ -204,7 +196,7 @@ def test_a_database_far_behind_spills_to_the_log_and_loses_nothing(
     for e in events[5:40]:
         assert store.append(e)
     assert store._spilled and not store._rows, "40 events of ~500 bytes are over 5,000 bytes"
-    down["on"] = False
+    outage.down = False
     assert store.append_many(events[40:]) == 20
     assert store.flush(timeout=30)
     assert not store._spilled
@@ -223,15 +215,7 @@ def test_rows_kept_to_retry_count_against_the_memory_bound(
 ) -> None:
     """An outage with the drain retrying all along: the rows it failed to commit and keeps to
     retry count against ``memory_rows_bytes`` too, so memory stays bounded; nothing is lost."""
-    real = ledger.insert_rows
-    down = {"on": True}
-
-    def maybe(rows):  # type: ignore[no-untyped-def]
-        if down["on"]:
-            raise RuntimeError("database is down")
-        return real(rows)
-
-    monkeypatch.setattr(ledger, "insert_rows", maybe)
+    outage = Outage(ledger, monkeypatch)
     store = JournaledStore(ledger, tmp_path / "journal", flush_interval_ms=60_000,
                            memory_rows_bytes=5_000)
     events = [make_event(i) for i in range(50)]
@@ -242,7 +226,7 @@ def test_rows_kept_to_retry_count_against_the_memory_bound(
     assert store._spilled, "the carried rows alone are over 5,000 bytes"
     assert not store.flush(timeout=0.2)
     assert not store._carry and not store._rows  # the log holds them; memory does not
-    down["on"] = False
+    outage.down = False
     assert store.flush(timeout=30)
     assert sorted(e.id for e in ledger.query()) == sorted(e.id for e in events)
     store.close()
