@@ -81,6 +81,7 @@ from jevons.capture.extract import _EXTRACTORS, Extracted, as_dict, get_extracto
 from jevons.capture.run import _RUN, Run
 from jevons.events import AttemptStatus, Event
 from jevons.ledger.base import EventQuery, EventStore, MemoryStore
+from jevons.ledger.codec import from_micros
 from jevons.prices.book import PriceBook
 from jevons.usage import Usage
 
@@ -101,8 +102,6 @@ CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", defaul
 """The call whose provider request is in flight (HTTP attempt hooks read it)."""
 
 _WARN_FIRST = 5
-_encode_capture = _record.encoder.encode
-_FieldSnapshot = _record.FieldSnapshot
 _NO_USAGE = Usage(requests=0)
 
 
@@ -608,28 +607,18 @@ class Meter:
         is enough to rebuild the event if the process dies first (``jevons.capture.record``).
         False: not deferred (the SDK retried, the store is catching up after an outage, or the
         snapshot does not know the response); the caller then records the call at once."""
-        if call.done or len(call.http_attempts) > 1:  # retries: one event per attempt, now
+        if len(call.http_attempts) > 1:  # retries: one event per attempt, now
             return False
         try:
-            snap = call.snapshot
-            if type(snap) is _FieldSnapshot and type(response) is not dict:
-                try:  # FieldSnapshot.__call__, inlined: one call fewer on the caller's thread
-                    snapshot: Any = (snap.names, snap.getter(response))
-                except AttributeError:
-                    return False
-            else:
-                snapshot = snap(response)  # type: ignore[misc]
-                if snapshot is None:
-                    return False
+            snapshot = call.snapshot(response)  # type: ignore[misc]
+            if snapshot is None:
+                return False
             # the event id is formatted later (``record.capture_id``): only its parts here
             ids = _IDS
             prefix = ids.prefix
             n = next(ids.counter)
             ts = _time_ns() // 1000
-            a = call.attribution
-            line = _encode_capture((_record.TAG, prefix, n, ts, call.provider, call.api, call.extractor,
-                                    call.model, a.customer, a.feature, a.tags or None,
-                                    call.attempt_no or 1, call.region, snapshot))
+            line = _record.encode_capture(prefix, n, ts, call, snapshot)
             call.done = True
             if self.store.append_capture(  # type: ignore[attr-defined]
                     line, (call, response, prefix, n, ts), self._complete_capture):
@@ -653,7 +642,7 @@ class Meter:
             extracted = review_extracted(response)
         status, error = outcome(extracted, "ok", None)
         event = self._emit(call, extracted, status, call.attempt_no or 1, error,
-                           timestamp=_record.from_micros(ts), event_id=event_id, store=False)
+                           timestamp=from_micros(ts), event_id=event_id, store=False)
         assert event is not None
         return event
 

@@ -22,8 +22,7 @@ Line: ``["C1", id_prefix, id_counter, ts_us, provider, api, extractor, model_req
 customer, feature, tags, attempt, region, snapshot]`` (the event id is
 ``capture_id(id_prefix, id_counter)``, formatted off the caller's thread); the snapshot is
 a JSON object in the provider's shape, or a ``[names, values]`` pair of its top-level fields
-(``adapters.snapshot_fields``). ``Meter._capture`` writes it (inline: one call fewer on the
-caller's thread) with ``encoder``.
+(``adapters.snapshot_fields``). ``encode_capture`` writes it, ``read_capture`` reads it.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from jevons.ledger.base import CAPTURE_PREFIX
 from jevons.ledger.codec import from_micros
 
 if TYPE_CHECKING:
+    from jevons.capture.meter import Call
     from jevons.prices.book import PriceBook
 
 __all__ = ["TAG", "FieldSnapshot", "capture_id", "capture_reader", "from_micros", "read_capture"]
@@ -55,7 +55,7 @@ log = logging.getLogger("jevons.capture")
 class FieldSnapshot:
     """A snapshot of a response's top-level fields ``names``, as a ``(names, values)`` pair:
     one C call (``operator.attrgetter``) on an SDK object, no dict built on the caller's
-    thread (``Meter._capture`` calls ``getter`` itself). Nested SDK models are written as
+    thread. Nested SDK models are written as
     their declared fields (their ``__dict__``, read by the encoder in C). The extra fields of
     the model named ``extras_of`` (``__pydantic_extra__``, where a gateway puts what the SDK
     does not declare, e.g. OpenRouter's ``usage.cost``) are read by the same C call into the
@@ -87,9 +87,17 @@ class FieldSnapshot:
 EXTRA = "+"
 
 
-#: encodes a capture line (the tuple of the module docstring)
-encoder = msgspec.json.Encoder(enc_hook=operator.attrgetter("__dict__"), decimal_format="string")
+_encoder = msgspec.json.Encoder(enc_hook=operator.attrgetter("__dict__"), decimal_format="string")
 _decoder = msgspec.json.Decoder()
+
+
+def encode_capture(id_prefix: str, id_counter: int, ts_us: int, call: Call, snapshot: Any) -> bytes:
+    """The log line of a finished call, the fields of the module docstring in that order (one C
+    call; no newline can occur in it)."""
+    a = call.attribution
+    return _encoder.encode((TAG, id_prefix, id_counter, ts_us, call.provider, call.api, call.extractor,
+                            call.model, a.customer, a.feature, a.tags or None, call.attempt_no or 1,
+                            call.region, snapshot))
 
 
 def capture_id(prefix: str, counter: int) -> str:

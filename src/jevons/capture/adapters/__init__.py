@@ -270,7 +270,6 @@ def instrument(
     default_is_stream = is_stream is _default_is_stream
     on_result = spec.on_result
     snapshot = spec.snapshot
-    capture = meter._capture
     begin = meter.begin
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
@@ -324,11 +323,6 @@ def instrument(
                 raise
             finally:
                 reset_call(token)
-            # the common case, kept short (see ``Meter._capture``): a complete response logged
-            # as it is, its event built by the ledger's background thread
-            if snapshot is not None and not streaming and meter._deferred and call.run is None and capture(
-                    call, result):
-                return result
             return _after(call, result, streaming)
 
         return ametered
@@ -339,13 +333,7 @@ def instrument(
         if call is None:
             return fn(*args, **kwargs)
         call.snapshot = snapshot
-        streaming = False
-        try:  # ``_prepare``, inlined: this wrapper runs on every call
-            streaming = kwargs.get("stream") is True if default_is_stream else is_stream(kwargs)
-            if prepare is not None and (streaming or not streams_only):
-                prepare(call, kwargs, streaming)
-        except Exception as exc:
-            meter._error(exc, "adapter")
+        streaming = _prepare(call, kwargs)
         token = set_call(call)
         try:
             result = fn(*args, **kwargs)
@@ -354,11 +342,6 @@ def instrument(
             raise
         finally:
             reset_call(token)
-        # the common case, kept short (see ``Meter._capture``): a complete response logged as
-        # it is, its event built by the ledger's background thread
-        if snapshot is not None and not streaming and meter._deferred and call.run is None and capture(
-                call, result):
-            return result
         return _after(call, result, streaming)
 
     return metered
