@@ -18,7 +18,7 @@ and counted in ``meter.stats()``; it is never dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,6 +39,10 @@ class Attribution:
     customer: str | None = None
     feature: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+
+    def as_bundle(self) -> dict[str, Any]:
+        """The ``jevons={...}`` keyword argument that carries this attribution to a call."""
+        return {"customer": self.customer, "feature": self.feature, "tags": dict(self.tags)}
 
     def over(self, base: Attribution | None) -> Attribution:
         """This attribution with ``base`` filling the fields it leaves unset."""
@@ -81,29 +85,40 @@ def make(
     )
 
 
-def pop_call_attribution(kwargs: MutableMapping[str, Any]) -> Attribution | None:
+def pop_call_attribution(kwargs: MutableMapping[str, Any],
+                         on_error: Callable[[BaseException, str], Any] | None = None) -> Attribution | None:
     """Remove the ``jevons*`` keyword arguments from ``kwargs``; ``None`` when there were none.
 
-    Cheap when there are none (the common case): four dict membership tests.
+    Cheap when there are none (the common case): four dict membership tests. Malformed ones
+    raise, unless ``on_error`` is given (a wrapped call must not break on them): then they are
+    all removed, the error goes to ``on_error(exc, "attribution")`` and the result is ``None``.
     """
     if not ("jevons" in kwargs or "jevons_customer" in kwargs or "jevons_feature" in kwargs
             or "jevons_tags" in kwargs):
         return None
-    bundle = kwargs.pop("jevons", None) or {}
-    if not isinstance(bundle, Mapping):
-        raise TypeError("jevons= must be a dict with keys customer, feature, tags")
-    unknown = set(bundle) - {"customer", "feature", "tags"}
-    if unknown:
-        raise TypeError(f"jevons= has unknown key(s) {sorted(unknown)}")
-    customer = kwargs.pop("jevons_customer", None)
-    feature = kwargs.pop("jevons_feature", None)
-    tags = dict(bundle.get("tags") or {})
-    tags.update(kwargs.pop("jevons_tags", None) or {})
-    return make(
-        customer if customer is not None else bundle.get("customer"),
-        feature if feature is not None else bundle.get("feature"),
-        tags,
-    )
+    try:
+        bundle = kwargs.pop("jevons", None) or {}
+        if not isinstance(bundle, Mapping):
+            raise TypeError("jevons= must be a dict with keys customer, feature, tags")
+        unknown = set(bundle) - {"customer", "feature", "tags"}
+        if unknown:
+            raise TypeError(f"jevons= has unknown key(s) {sorted(unknown)}")
+        customer = kwargs.pop("jevons_customer", None)
+        feature = kwargs.pop("jevons_feature", None)
+        tags = dict(bundle.get("tags") or {})
+        tags.update(kwargs.pop("jevons_tags", None) or {})
+        return make(
+            customer if customer is not None else bundle.get("customer"),
+            feature if feature is not None else bundle.get("feature"),
+            tags,
+        )
+    except Exception as exc:
+        if on_error is None:
+            raise
+        for key in CALL_KWARGS:
+            kwargs.pop(key, None)
+        on_error(exc, "attribution")
+        return None
 
 
 def current_context() -> Attribution:

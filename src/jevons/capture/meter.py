@@ -555,17 +555,7 @@ class Meter:
         run step (budget check), run the guards. Raises only ``JevonsEnforcement``. Returns
         ``None`` if jevons itself failed (the adapter then calls the provider unmetered)."""
         try:
-            per_call = None
-            if kwargs is not None and (
-                "jevons" in kwargs or "jevons_customer" in kwargs or "jevons_feature" in kwargs
-                or "jevons_tags" in kwargs
-            ):
-                try:
-                    per_call = _attr.pop_call_attribution(kwargs)
-                except Exception as exc:
-                    for key in _attr.CALL_KWARGS:
-                        kwargs.pop(key, None)
-                    self._error(exc, "attribution")
+            per_call = None if kwargs is None else _attr.pop_call_attribution(kwargs, self._error)
             context = _CONTEXT.get()
             default = self.default
             if context is EMPTY and default is EMPTY:  # the common case: nothing to merge

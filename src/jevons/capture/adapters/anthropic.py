@@ -41,7 +41,7 @@ from jevons.capture.adapters import (
     rewrapping,
     snapshot_fields,
 )
-from jevons.capture.attribution import CALL_KWARGS, Attribution, pop_call_attribution
+from jevons.capture.attribution import Attribution, pop_call_attribution
 from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int
 from jevons.capture.extract import field as _get
 from jevons.capture.meter import Call
@@ -303,13 +303,7 @@ def _metered_stream_helper(
 ) -> Callable[..., Any]:
     @functools.wraps(original)
     def stream(*args: Any, **kwargs: Any) -> Any:
-        per_call: Attribution | None = None
-        try:
-            per_call = pop_call_attribution(kwargs)
-        except Exception as exc:
-            for key in CALL_KWARGS:
-                kwargs.pop(key, None)
-            meter._error(exc, "attribution")
+        per_call = pop_call_attribution(kwargs, meter._error)
         manager = original(*args, **kwargs)
         # the per-call attribution ranks above the client's, as ``Meter.begin`` would rank it
         scoped = attribution if per_call is None else per_call.over(attribution)

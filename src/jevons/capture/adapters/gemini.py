@@ -40,7 +40,7 @@ from jevons.capture.adapters import (
     patch_method,
     register_adapter,
 )
-from jevons.capture.attribution import CALL_KWARGS, Attribution, pop_call_attribution
+from jevons.capture.attribution import Attribution, pop_call_attribution
 from jevons.capture.extract import Extracted, UnknownShape, register_extractor, to_int
 from jevons.capture.extract import field as _field
 from jevons.capture.meter import Call
@@ -262,16 +262,8 @@ _PER_CALL: ContextVar[dict[str, Any] | None] = ContextVar("jevons_gemini_per_cal
 
 def _bundle(meter: Meter, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """Remove the ``jevons*`` kwargs from a public call; ``None`` when it had none."""
-    try:
-        per_call = pop_call_attribution(kwargs)
-    except Exception as exc:
-        for key in CALL_KWARGS:
-            kwargs.pop(key, None)
-        meter._error(exc, "attribution")
-        return None
-    if per_call is None:
-        return None
-    return {"customer": per_call.customer, "feature": per_call.feature, "tags": dict(per_call.tags)}
+    per_call = pop_call_attribution(kwargs, meter._error)
+    return None if per_call is None else per_call.as_bundle()
 
 
 def _with_bundle_sync(gen: Iterator[Any], bundle: dict[str, Any]) -> Iterator[Any]:

@@ -115,11 +115,7 @@ class JevonsLiteLLMCallback(CustomLogger):
         if entry is not None:
             return entry
         meta = _metadata(kwargs)
-        try:
-            per_call = pop_call_attribution(meta)
-        except Exception as exc:
-            self.meter._error(exc, "attribution")
-            per_call = None
+        per_call = pop_call_attribution(meta, self.meter._error)
         provider = str(kwargs.get("custom_llm_provider") or "litellm")
         try:
             call = self.meter.begin(provider, "chat", kwargs.get("model"), self.attribution,

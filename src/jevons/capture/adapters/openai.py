@@ -426,8 +426,7 @@ def _metered_stream_helper(
         per_call = pop_call_attribution(kwargs)
         manager = original(*args, **kwargs)
         if per_call is not None:
-            _bind_jevons_kwargs(manager, metered_create, {
-                "customer": per_call.customer, "feature": per_call.feature, "tags": dict(per_call.tags)})
+            _bind_jevons_kwargs(manager, metered_create, per_call.as_bundle())
         return manager
 
     return stream
