@@ -90,6 +90,22 @@ def _status(margin: Decimal, margin_pct: Decimal | None, cost: Decimal, floor: D
     return "under floor" if _under_floor(margin_pct, cost, floor) else "ok"
 
 
+class _Margin:
+    """``margin`` and ``margin_pct`` of anything with ``revenue`` and ``cost``."""
+
+    __slots__ = ()
+    revenue: Decimal
+    cost: Decimal
+
+    @property
+    def margin(self) -> Decimal:
+        return self.revenue - self.cost
+
+    @property
+    def margin_pct(self) -> Decimal | None:
+        return _pct(self.margin, self.revenue)
+
+
 @dataclass(frozen=True, slots=True)
 class DriverBreakdown:
     """Shares of one customer's period cost (0..1 each; they overlap, they are not a split)."""
@@ -145,20 +161,12 @@ def driver_breakdown(
 
 
 @dataclass(frozen=True, slots=True)
-class GroupRow:
+class GroupRow(_Margin):
     key: str
     revenue: Decimal
     cost: Decimal
     events: int
     customers: int
-
-    @property
-    def margin(self) -> Decimal:
-        return self.revenue - self.cost
-
-    @property
-    def margin_pct(self) -> Decimal | None:
-        return _pct(self.margin, self.revenue)
 
     def to_dict(self) -> dict[str, Any]:
         pct = self.margin_pct
@@ -174,7 +182,7 @@ class GroupRow:
 
 
 @dataclass(frozen=True, slots=True)
-class CustomerMargin:
+class CustomerMargin(_Margin):
     customer: str
     plan: str
     revenue: Decimal
@@ -183,14 +191,6 @@ class CustomerMargin:
     drivers: DriverBreakdown
     previous: Invoice | None
     events: int
-
-    @property
-    def margin(self) -> Decimal:
-        return self.revenue - self.cost
-
-    @property
-    def margin_pct(self) -> Decimal | None:
-        return _pct(self.margin, self.revenue)
 
     @property
     def past_cliff(self) -> bool:

@@ -98,6 +98,7 @@ class _Backend:
 
     dialect: Dialect
     identity: str
+    _writer: Any  # the one write connection, opened by the dialect
 
     def __init__(self, prefix: str) -> None:
         if not _IDENT.match(prefix):
@@ -140,6 +141,8 @@ class _Backend:
                 with contextlib.suppress(Exception):  # a reader of another thread
                     conn.close()
             self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
 
 
 class _SQLiteBackend(_Backend):
@@ -187,12 +190,6 @@ class _SQLiteBackend(_Backend):
     def _run_read(self, conn: Any, sql: str, params: Sequence[Any]) -> list[Any]:
         rows: list[Any] = conn.execute(sql, tuple(params)).fetchall()
         return rows
-
-    def close(self) -> None:
-        super().close()
-        with self._write_lock:
-            self._writer.close()
-
 
 class _PostgresBackend(_Backend):
     dialect: Dialect = "postgres"
@@ -251,12 +248,6 @@ class _PostgresBackend(_Backend):
             self._local.conn = conn
         rows: list[Any] = conn.execute(sql, tuple(params)).fetchall()
         return rows
-
-    def close(self) -> None:
-        super().close()
-        with self._write_lock:
-            self._writer.close()
-
 
 def _redact(dsn: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", re.sub(r"password=\S+", "password=***", dsn))

@@ -117,7 +117,13 @@ def usage_from_converse_usage(block: Mapping[str, Any], *, tool_calls: int = 0) 
         for detail in details:
             if isinstance(detail, Mapping) and detail.get("ttl") == "1h":
                 write_1h += as_int(detail.get("inputTokens")) or 0
-    write_1h = min(write_1h, writes)
+    return _canonical(uncached, output, cache_read, writes, min(write_1h, writes), tool_calls)
+
+
+def _canonical(uncached: int, output: int, cache_read: int, writes: int, write_1h: int,
+               tool_calls: int) -> Usage:
+    """Bedrock counts its cache reads and writes beside the uncached input: canonical input is
+    the sum of the three (every Bedrock usage source goes through here)."""
     return Usage(
         input_tokens=uncached + cache_read + writes,
         output_tokens=output,
@@ -136,13 +142,7 @@ def usage_from_invocation_metrics(metrics: Mapping[str, Any], *, tool_calls: int
         raise UnknownShape("invocation metrics have no inputTokenCount/outputTokenCount")
     cache_read = as_int(metrics.get("cacheReadInputTokenCount")) or 0
     writes = as_int(metrics.get("cacheWriteInputTokenCount")) or 0
-    return Usage(
-        input_tokens=uncached + cache_read + writes,
-        output_tokens=output,
-        cache_read_tokens=cache_read,
-        cache_write_5m_tokens=writes,
-        tool_calls=tool_calls,
-    )
+    return _canonical(uncached, output, cache_read, writes, 0, tool_calls)
 
 
 def token_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
@@ -166,13 +166,7 @@ def usage_from_headers(headers: Mapping[str, Any] | None, *, tool_calls: int = 0
         return None
     cache_read = as_int(found.get(HEADER_CACHE_READ)) or 0
     writes = as_int(found.get(HEADER_CACHE_WRITE)) or 0
-    return Usage(
-        input_tokens=uncached + cache_read + writes,
-        output_tokens=output,
-        cache_read_tokens=cache_read,
-        cache_write_5m_tokens=writes,
-        tool_calls=tool_calls,
-    )
+    return _canonical(uncached, output, cache_read, writes, 0, tool_calls)
 
 
 def headers_of(response: Mapping[str, Any]) -> Mapping[str, Any]:
