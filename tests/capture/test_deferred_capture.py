@@ -251,3 +251,9 @@ def test_a_meter_never_closed_still_delivers_and_stores_at_exit(replay: ReplaySe
         assert sorted(e.id for e in ledger.query()) == sorted(delivered)
     finally:
         ledger.close()
+
+
+def test_a_sync_ledger_builds_every_call_on_the_callers_thread(tmp_path: Path, test_book: PriceBook) -> None:
+    settings = settings_for("sqlite", home=str(tmp_path / "home"), durability="sync")
+    with Meter(book=test_book, settings=settings, policy=False) as m:
+        assert not m._deferred  # no snapshot taken only to be refused by the store

@@ -326,7 +326,7 @@ class Meter:
         self._closed = False
         # deferred captures (see ``_capture``): only with a store that logs them durably, and
         # not with guards (a cap or a policy must see every call's cost before the next call)
-        self._deferred = callable(getattr(self.store, "append_capture", None)) and not self.guards
+        self._deferred = bool(getattr(self.store, "takes_captures", False)) and not self.guards
         # a meter never closed (the process just exits): the calls of its last milliseconds
         # still reach its sinks and the database (they are in the log either way)
         self._at_exit = weakref.finalize(self, _flush_at_exit, self.store) if self._deferred else None

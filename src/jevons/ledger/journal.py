@@ -315,15 +315,22 @@ class JournaledStore:
             self._wait_committed(target)
         return True
 
+    @property
+    def takes_captures(self) -> bool:
+        """Whether metered calls may be handed over as captures (``append_capture``): not in
+        ``sync`` mode, where every call waits for its own commit anyway."""
+        return self.durability != "sync"
+
     def append_capture(self, line: bytes, item: Any, complete: Callable[[Any], Event]) -> bool:
         """Log a finished call whose event is built later (``jevons.capture.record``): ``line``
         is written like an event's line (durable once this returns, in ``strict`` mode), and
         the drain thread calls ``complete(item)`` for the event, in log order, before it
-        commits. The event's key is fresh (never a duplicate). False: not taken (``sync`` mode,
-        or the database is behind and rows are not held in memory); build the event now."""
+        commits. The event's key is fresh (never a duplicate). False: not taken (not
+        ``takes_captures``, or the database is behind and rows are not held in memory); build
+        the event now."""
         with self._lock:
-            if self._closed or self._spilled or (
-                    self._kept_bytes + self._carry_bytes > self._row_cap_bytes) or self.durability == "sync":
+            if self._closed or self._spilled or not self.takes_captures or (
+                    self._kept_bytes + self._carry_bytes > self._row_cap_bytes):
                 if self._closed:
                     raise RuntimeError("jevons ledger store is closed")
                 return False
