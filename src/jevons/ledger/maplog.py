@@ -38,7 +38,7 @@ _NL = 10
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Segment:
     path: Path
     fd: int
@@ -101,12 +101,14 @@ class MappedLog:
         n = len(line)
         seg = self._segments[-1]
         p = seg.pos
-        if p + n + 1 > seg.size:
+        end = p + n
+        if end >= seg.size:
             seg = self._open(max(self.segment_bytes, n + 1))
-            p = 0
-        seg.mm[p : p + n] = line
-        seg.mm[p + n] = _NL  # after the line: a line with its newline is whole
-        seg.pos = p + n + 1
+            p, end = 0, n
+        mm = seg.mm
+        mm[p:end] = line
+        mm[end] = _NL  # after the line: a line with its newline is whole
+        seg.pos = end + 1
         self.written += n + 1
         return n + 1
 

@@ -274,8 +274,12 @@ def instrument(
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
 
-    # The pre- and post-call work is shared by the sync and async wrappers (two small helpers:
-    # measured with bench/bench_capture.py, well under a microsecond per call).
+    # The pre- and post-call work is shared by the sync and async wrappers. Inside a real SDK
+    # call this code runs on cold CPU caches, where each Python call costs microseconds
+    # (bench/bench_capture.py). ``plain``: a call that does not stream has nothing to prepare,
+    # so the common case (a complete response) calls no helper but ``on_result``.
+    plain = default_is_stream and (prepare is None or streams_only)
+
     def _prepare(call: Call, kwargs: dict[str, Any]) -> bool:
         """Whether the call streams; lets ``spec.prepare`` adjust the provider kwargs."""
         streaming = False
@@ -287,22 +291,19 @@ def instrument(
             meter._error(exc, "adapter")
         return streaming
 
-    def _after(call: Call, result: Any, streaming: bool) -> Any:
-        """The provider returned: instrument its stream, or record its response."""
-        if streaming and on_stream is not None:
-            try:
-                return on_stream(call, result)
-            except Exception as exc:
-                meter._error(exc, "adapter")
-                call.finish_extracted(review_extracted(None), "ok", _UNOBSERVED)
-                return result
+    def _stream(call: Call, result: Any) -> Any:
+        """The provider returned a stream: instrument it."""
         try:
-            on_result(call, result)
+            return on_stream(call, result)  # type: ignore[misc]
         except Exception as exc:
             meter._error(exc, "adapter")
-            # the provider answered (and may have billed): keep the call, flagged for review
-            call.finish_extracted(review_extracted(None), "ok", _UNREADABLE)
-        return result
+            call.finish_extracted(review_extracted(None), "ok", _UNOBSERVED)
+            return result
+
+    def _unreadable(call: Call, exc: Exception) -> None:
+        meter._error(exc, "adapter")
+        # the provider answered (and may have billed): keep the call, flagged for review
+        call.finish_extracted(review_extracted(None), "ok", _UNREADABLE)
 
     if is_async is None:
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
@@ -314,7 +315,7 @@ def instrument(
             if call is None:
                 return await fn(*args, **kwargs)
             call.snapshot = snapshot
-            streaming = _prepare(call, kwargs)
+            streaming = (not plain or kwargs.get("stream") is True) and _prepare(call, kwargs)
             token = set_call(call)
             try:
                 result = await fn(*args, **kwargs)
@@ -323,7 +324,13 @@ def instrument(
                 raise
             finally:
                 reset_call(token)
-            return _after(call, result, streaming)
+            if streaming and on_stream is not None:
+                return _stream(call, result)
+            try:
+                on_result(call, result)
+            except Exception as exc:
+                _unreadable(call, exc)
+            return result
 
         return ametered
 
@@ -333,7 +340,7 @@ def instrument(
         if call is None:
             return fn(*args, **kwargs)
         call.snapshot = snapshot
-        streaming = _prepare(call, kwargs)
+        streaming = (not plain or kwargs.get("stream") is True) and _prepare(call, kwargs)
         token = set_call(call)
         try:
             result = fn(*args, **kwargs)
@@ -342,7 +349,13 @@ def instrument(
             raise
         finally:
             reset_call(token)
-        return _after(call, result, streaming)
+        if streaming and on_stream is not None:
+            return _stream(call, result)
+        try:
+            on_result(call, result)
+        except Exception as exc:
+            _unreadable(call, exc)
+        return result
 
     return metered
 
