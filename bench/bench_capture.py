@@ -7,7 +7,9 @@ rotation lets one client's after-effects, e.g. a background thread, always land 
 next client), so that drift in the machine's speed hits every client alike. The added latency
 is the difference of the percentiles of the per-call wall time against the unwrapped client;
 the run is repeated and the median of the repetitions printed. A second unwrapped client
-("unwrapped-2") is measured the same way: its figure is the noise floor of the method.
+("unwrapped-2") is measured the same way: its figure is the noise floor of the method. A
+third reference, "python-floor", is the least a Python wrapper can do to make a call durable
+(``python_floor``): what jevons adds above it is the cost of its structure.
 
 ``--ledger default`` (the default) is what ``jevons.Meter()`` uses: the durable ledger in
 ``JEVONS_HOME``, every call in the append log before it returns. The call's event (extraction,
@@ -68,6 +70,57 @@ def make_client() -> OpenAI:
     transport = httpx.MockTransport(handler)
     return OpenAI(api_key="sk-bench", base_url="http://bench.invalid/v1", max_retries=0,
                   http_client=httpx.Client(transport=transport))
+
+
+def python_floor(client: OpenAI, directory: str) -> Callable[..., Any]:
+    """The reference "python-floor": the least a Python wrapper can do to make a call durable
+    before it returns, written as one function with nothing reusable in it: read the two
+    context variables, call the SDK, take the usage fields with one ``attrgetter``, encode one
+    capture-shaped line with msgspec, store it into a memory-mapped file under a lock and keep
+    the response for later. No HTTP-attempt hooks, no call object, no checks, nothing built
+    afterwards. What jevons adds above this figure is the cost of its structure (attribution
+    merging, retries seen per HTTP attempt, the store's accounting) on cold CPU caches."""
+    import itertools
+    import mmap
+    import operator
+    import threading
+
+    import msgspec
+
+    from jevons.capture.attribution import _CONTEXT
+    from jevons.capture.run import _RUN
+
+    create = client.chat.completions.create
+    encode = msgspec.json.Encoder(enc_hook=operator.attrgetter("__dict__")).encode
+    fields = operator.attrgetter("model", "service_tier", "usage", "usage.__pydantic_extra__")
+    names = ("model", "service_tier", "usage", "usage+")
+    fd = os.open(os.path.join(directory, "floor.log"), os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, 64 << 20)
+    log = mmap.mmap(fd, 64 << 20)
+    counter, clock, lock = itertools.count(), time.time_ns, threading.Lock()
+    state = [0]
+    kept: list[Any] = []
+
+    def floor(**kwargs: Any) -> Any:
+        _CONTEXT.get()
+        _RUN.get()
+        model = kwargs.get("model")
+        result = create(**kwargs)
+        line = encode(("C1", "floor", next(counter), clock() // 1000, "openai", "chat", "openai",
+                       model, "acme", "bench", None, 1, None, (names, fields(result)))) + b"\n"
+        with lock:
+            at = state[0]
+            end = at + len(line)
+            if end > len(log):  # the bench's calls fit; start over rather than grow
+                at, end = 0, len(line)
+            log[at:end] = line
+            state[0] = end
+            kept.append((line, result))
+            if len(kept) > 10_000:
+                kept.clear()
+        return result
+
+    return floor
 
 
 def percentile(sorted_ns: list[int], q: float) -> float:
@@ -195,6 +248,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--ledger", choices=("memory", "default"), default="default")
     parser.add_argument("--no-lago", action="store_true", help="skip lago-agent-sdk")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the python-floor reference (see python_floor)")
     args = parser.parse_args()
 
     os.environ.setdefault("JEVONS_HOME", tempfile.mkdtemp(prefix="jevons-bench-"))
@@ -214,6 +269,9 @@ def main() -> int:
     # method (two identical clients measured alike), printed beside the real figures
     calls: dict[str, Callable[[], Any]] = {
         "unwrapped": call(raw), "unwrapped-2": call(make_client()), "jevons": call(metered)}
+    if not args.no_floor:
+        floor = python_floor(make_client(), os.environ["JEVONS_HOME"])
+        calls["python-floor"] = lambda: floor(model="gpt-4o-mini", messages=MESSAGES)
 
     lago: Any = None
     if not args.no_lago:
@@ -281,6 +339,10 @@ def main() -> int:
         g50, g99 = GOAL_P50 / LAGO_ISSUE_P50, GOAL_P99 / LAGO_ISSUE_P99
         print(f"ratio jevons / lago-agent-sdk: p50 {r50:.2f} (goal <= {g50:.2f})   "
               f"p99 {r99:.2f} (goal <= {g99:.2f})")
+        if "python-floor" in added:
+            f50 = statistics.median(added["python-floor"]["p50"])
+            print(f"ratio python-floor / lago-agent-sdk: p50 {f50 / l50:.2f} (what a wrapper "
+                  "written as one function reaches here)")
         scaled50, scaled99 = GOAL_P50 * l50 / LAGO_ISSUE_P50, GOAL_P99 * l99 / LAGO_ISSUE_P99
         verdict = "met" if r50 <= g50 and r99 <= g99 else "NOT met"
         print(f"goal scaled to this machine by lago's figures (p50 <= {scaled50:.0f} us, "

@@ -71,13 +71,21 @@ def make_events(n: int, keys: str = "random") -> list[Event]:
     return out
 
 
-def raw_sqlite_rate(path: Path, events: list[Event]) -> float:
+def raw_sqlite_rate(path: Path, events: list[Event], *, in_memory: bool = False) -> float:
     """The same rows inserted by plain ``sqlite3`` (``executemany`` per 1,000, one commit
-    each, WAL, ``synchronous=FULL``) into the ledger's own schema: the database's ceiling."""
+    each, WAL, ``synchronous=FULL``) into the ledger's own schema: the database's ceiling.
+    ``in_memory``: into a copy of the schema in memory, no file and no I/O at all: what the
+    SQLite library alone costs a row on this CPU."""
     sqlite_ledger(path).close()  # creates the schema
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    if in_memory:
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        conn.backup(mem)
+        conn.close()
+        conn = mem
+    else:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
     rows = [index_row(e, encode_event(e)) for e in events]
     sql = (f"INSERT INTO jevons_events ({', '.join(ROW_COLUMNS)}) VALUES "
            f"({', '.join('?' * len(ROW_COLUMNS))}) ON CONFLICT (idempotency_key) DO NOTHING")
@@ -196,6 +204,9 @@ def run(args: argparse.Namespace) -> None:
             rate = raw_sqlite_rate(tmp / "raw.db", make_events(n, "meter"))
             print(f"  peer: sqlite3 executemany, same rows   {rate:10,.0f}/s   (the database alone: "
                   "a WAL file, the same table and indexes, no jevons)")
+            rate = raw_sqlite_rate(tmp / "raw-mem.db", make_events(n, "meter"), in_memory=True)
+            print(f"  peer: the same, in memory              {rate:10,.0f}/s   (no file, no I/O: "
+                  "the SQLite library's own cost a row on this CPU)")
 
     print(f"\n3. drain to a local Lago-shaped server, {n} events, price mode, 100 a request")
     server = ThreadingHTTPServer(("127.0.0.1", 0), LagoShaped)
