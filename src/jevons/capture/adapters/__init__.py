@@ -277,7 +277,7 @@ def instrument(
     # The pre- and post-call work is shared by the sync and async wrappers. Inside a real SDK
     # call this code runs on cold CPU caches, where each Python call costs microseconds
     # (bench/bench_capture.py). ``plain``: a call that does not stream has nothing to prepare,
-    # so the common case (a complete response) calls no helper but ``on_result``.
+    # so the common case (a complete response) skips ``_prepare``.
     plain = default_is_stream and (prepare is None or streams_only)
 
     def _prepare(call: Call, kwargs: dict[str, Any]) -> bool:
@@ -291,19 +291,22 @@ def instrument(
             meter._error(exc, "adapter")
         return streaming
 
-    def _stream(call: Call, result: Any) -> Any:
-        """The provider returned a stream: instrument it."""
+    def _after(call: Call, result: Any, streaming: bool) -> Any:
+        """The provider returned: instrument its stream, or record its response."""
+        if streaming and on_stream is not None:
+            try:
+                return on_stream(call, result)
+            except Exception as exc:
+                meter._error(exc, "adapter")
+                call.finish_extracted(review_extracted(None), "ok", _UNOBSERVED)
+                return result
         try:
-            return on_stream(call, result)  # type: ignore[misc]
+            on_result(call, result)
         except Exception as exc:
             meter._error(exc, "adapter")
-            call.finish_extracted(review_extracted(None), "ok", _UNOBSERVED)
-            return result
-
-    def _unreadable(call: Call, exc: Exception) -> None:
-        meter._error(exc, "adapter")
-        # the provider answered (and may have billed): keep the call, flagged for review
-        call.finish_extracted(review_extracted(None), "ok", _UNREADABLE)
+            # the provider answered (and may have billed): keep the call, flagged for review
+            call.finish_extracted(review_extracted(None), "ok", _UNREADABLE)
+        return result
 
     if is_async is None:
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
@@ -324,13 +327,7 @@ def instrument(
                 raise
             finally:
                 reset_call(token)
-            if streaming and on_stream is not None:
-                return _stream(call, result)
-            try:
-                on_result(call, result)
-            except Exception as exc:
-                _unreadable(call, exc)
-            return result
+            return _after(call, result, streaming)
 
         return ametered
 
@@ -349,13 +346,7 @@ def instrument(
             raise
         finally:
             reset_call(token)
-        if streaming and on_stream is not None:
-            return _stream(call, result)
-        try:
-            on_result(call, result)
-        except Exception as exc:
-            _unreadable(call, exc)
-        return result
+        return _after(call, result, streaming)
 
     return metered
 
