@@ -290,7 +290,7 @@ class Outbox:
                 if not released:
                     break
                 after = released[-1][0]
-                report.released += self._resend_parked(name, sink, released, report, deadline)
+                report.released += self._send(name, sink, released, report, deadline, position=None) or 0
             # 2. everything after the cursor
             done = 0
             while report.stopped is None:
@@ -301,19 +301,9 @@ class Outbox:
                 if not chunk:
                     break
                 self.ledger.acquire_lease(name, self._owner, self._lease_ttl)
-                park: list[tuple[int, str, str | None]] = []
-                items = self._prepare(sink, chunk, park)
-                try:
-                    ok, dead = self._deliver(sink, items, report, deadline)
-                except _Stop as stop:
-                    report.stopped = str(stop)
-                    break
-                report.held += len(park) - sum(1 for _, r, _ in park if r == DEAD_LETTER)
-                park += [(s, DEAD_LETTER, e) for s, e in dead]
                 position = chunk[-1][0]
-                self.ledger.commit_delivery(name, position=position, delivered=len(ok), park=park)
-                report.delivered += len(ok)
-                report.dead_lettered += sum(1 for _, r, _ in park if r == DEAD_LETTER)
+                if self._send(name, sink, chunk, report, deadline, position=position) is None:
+                    break
                 done += len(chunk)
                 if progress is not None:
                     progress(done, max(total, done))
@@ -338,27 +328,33 @@ class Outbox:
         seqs = [p.seq for p in self.ledger.parked(name, DEAD_LETTER)]
         for i in range(0, len(seqs), self.fetch_size):
             chunk = self.ledger.events_by_seq(seqs[i : i + self.fetch_size])
-            self._resend_parked(name, sink, chunk, report, deadline)
+            self._send(name, sink, chunk, report, deadline, position=None)
             if report.stopped is not None:
                 self.ledger.record_sink_error(name, report.stopped[:500])
                 break
         report.seconds = time.monotonic() - started
         return report
 
-    def _resend_parked(self, name: str, sink: Sink, chunk: Sequence[tuple[int, Event]],
-                       report: DrainReport, deadline: float | None) -> int:
-        """Send parked events again (behind the cursor, so it stays where it is): those sent
-        are unparked, those refused (again) stay dead-lettered. Returns the number sent; a
-        stop is left in ``report.stopped`` with nothing committed."""
+    def _send(self, name: str, sink: Sink, chunk: Sequence[tuple[int, Event]], report: DrainReport,
+              deadline: float | None, *, position: int | None) -> int | None:
+        """Deliver ``chunk`` and commit the outcome in one transaction: the cursor moves to
+        ``position`` (events after the cursor), or, with ``position=None``, the chunk is parked
+        events sent again behind the cursor, unparked once sent. Events the sink refuses are
+        dead-lettered, those it holds back are parked (counted as held after the cursor only).
+        Returns the number sent; ``None`` on a stop, left in ``report.stopped`` with nothing
+        committed."""
         park: list[tuple[int, str, str | None]] = []
         items = self._prepare(sink, chunk, park)
         try:
             ok, dead = self._deliver(sink, items, report, deadline)
         except _Stop as stop:
             report.stopped = str(stop)
-            return 0
+            return None
+        if position is not None:
+            report.held += sum(1 for _, reason, _ in park if reason != DEAD_LETTER)
         park += [(s, DEAD_LETTER, e) for s, e in dead]
-        self.ledger.commit_delivery(name, position=None, delivered=len(ok), park=park, unpark=ok)
+        self.ledger.commit_delivery(name, position=position, delivered=len(ok), park=park,
+                                    unpark=ok if position is None else ())
         report.delivered += len(ok)
         report.dead_lettered += sum(1 for _, reason, _ in park if reason == DEAD_LETTER)
         return len(ok)
