@@ -85,8 +85,6 @@ from jevons.ledger.codec import from_micros
 from jevons.prices.book import PriceBook
 from jevons.usage import Usage
 
-_CALL_KWARG_NAMES = frozenset(_attr.CALL_KWARGS)
-
 if TYPE_CHECKING:
     from jevons.config import Settings
     from jevons.policy.runtime import PolicyRuntime
@@ -557,9 +555,7 @@ class Meter:
         run step (budget check), run the guards. Raises only ``JevonsEnforcement``. Returns
         ``None`` if jevons itself failed (the adapter then calls the provider unmetered)."""
         try:
-            # no ``jevons*`` kwargs (the common case): one C call instead of a Python one
-            per_call = None if kwargs is None or _CALL_KWARG_NAMES.isdisjoint(kwargs) else (
-                _attr.pop_call_attribution(kwargs, self._error))
+            per_call = None if kwargs is None else _attr.pop_call_attribution(kwargs, self._error)
             context = _CONTEXT.get()
             default = self.default
             if context is EMPTY and default is EMPTY:  # the common case: nothing to merge

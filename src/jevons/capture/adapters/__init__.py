@@ -274,11 +274,7 @@ def instrument(
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
 
-    # The pre- and post-call work is shared by the sync and async wrappers. Inside a real SDK
-    # call this code runs on cold CPU caches, where each Python call costs microseconds
-    # (bench/bench_capture.py). ``plain``: a call that does not stream has nothing to prepare,
-    # so the common case (a complete response) skips ``_prepare``.
-    plain = default_is_stream and (prepare is None or streams_only)
+    # The pre- and post-call work is shared by the sync and async wrappers.
 
     def _prepare(call: Call, kwargs: dict[str, Any]) -> bool:
         """Whether the call streams; lets ``spec.prepare`` adjust the provider kwargs."""
@@ -318,7 +314,7 @@ def instrument(
             if call is None:
                 return await fn(*args, **kwargs)
             call.snapshot = snapshot
-            streaming = (not plain or kwargs.get("stream") is True) and _prepare(call, kwargs)
+            streaming = _prepare(call, kwargs)
             token = set_call(call)
             try:
                 result = await fn(*args, **kwargs)
@@ -337,7 +333,7 @@ def instrument(
         if call is None:
             return fn(*args, **kwargs)
         call.snapshot = snapshot
-        streaming = (not plain or kwargs.get("stream") is True) and _prepare(call, kwargs)
+        streaming = _prepare(call, kwargs)
         token = set_call(call)
         try:
             result = fn(*args, **kwargs)
