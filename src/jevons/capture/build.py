@@ -13,14 +13,18 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from jevons.capture.extract import Extracted
+from jevons.capture.extract import _EXTRACTORS, Extracted, as_dict, get_extractor
 from jevons.events import AttemptStatus, Event
 from jevons.prices.book import PriceBook
 from jevons.prices.cost import Cost, unpriced_cost
 from jevons.prices.model import ServiceTier
 from jevons.prices.resolve import PROVIDER_HINTS
+from jevons.usage import Usage
 
-__all__ = ["BOOK_PROVIDERS", "ErrorHook", "make_event", "outcome", "price_extracted"]
+__all__ = [
+    "BOOK_PROVIDERS", "NO_USAGE", "ErrorHook", "extract_or_review", "make_event", "outcome",
+    "price_extracted", "review_extracted",
+]
 
 ErrorHook = Callable[[BaseException, str], Any]
 
@@ -28,6 +32,41 @@ _TIERS = frozenset(t.value for t in ServiceTier)
 #: providers the price book knows by name (the resolver's own hint table, so the rule lives in
 #: one place); any other provider (a gateway) prices without a hint
 BOOK_PROVIDERS = frozenset(name for name, book_name in PROVIDER_HINTS.items() if book_name is not None)
+
+
+#: the usage of an attempt that produced nothing known
+NO_USAGE = Usage(requests=0)
+
+
+def review_extracted(response: Any) -> Extracted:
+    """The event for a response shape no extractor knows: usage unknown, raw block kept."""
+    raw: dict[str, Any] | None
+    try:
+        usage_block = response.get("usage") if isinstance(response, Mapping) else getattr(
+            response, "usage", None)
+        if usage_block is not None:
+            raw = as_dict(usage_block)
+        elif response is None:
+            raw = None
+        else:
+            raw = {"usage": None, "response_type": type(response).__name__}
+    except Exception:
+        raw = {"repr": repr(response)[:2000]}
+    return Extracted(NO_USAGE, complete=False, needs_review=True, raw_usage=raw,
+                     note="usage shape not recognised; kept for review")
+
+
+def extract_or_review(extractor: str, api: str | None, response: Any, model: str,
+                      on_error: ErrorHook) -> Extracted:
+    """The usage of a complete response (an SDK object, a dict, or a logged snapshot) by the
+    extractor registered for ``(extractor, api)``; never raises: an unknown shape or a failing
+    extractor goes to ``on_error(exc, "extract")`` and gives an event flagged for review."""
+    try:
+        fn = _EXTRACTORS.get((extractor, api)) or get_extractor(extractor, api)
+        return fn(response, model)
+    except Exception as exc:
+        on_error(exc, "extract")
+        return review_extracted(response)
 
 
 def price_extracted(book: PriceBook, provider: str, model: str, x: Extracted, region: str | None,

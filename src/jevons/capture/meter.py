@@ -75,9 +75,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from jevons.capture import attribution as _attr
 from jevons.capture import record as _record
 from jevons.capture.attribution import _CONTEXT, EMPTY, Attribution
-from jevons.capture.build import make_event, outcome
+from jevons.capture.build import NO_USAGE as _NO_USAGE
+from jevons.capture.build import extract_or_review, make_event, outcome
 from jevons.capture.errors import JevonsEnforcement
-from jevons.capture.extract import _EXTRACTORS, Extracted, as_dict, get_extractor
+from jevons.capture.extract import Extracted
 from jevons.capture.run import _RUN, Run
 from jevons.events import AttemptStatus, Event
 from jevons.ledger.base import EventQuery, EventStore, MemoryStore
@@ -102,7 +103,6 @@ CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", defaul
 """The call whose provider request is in flight (HTTP attempt hooks read it)."""
 
 _WARN_FIRST = 5
-_NO_USAGE = Usage(requests=0)
 
 
 class _Ids:
@@ -118,7 +118,7 @@ class _Ids:
         self.counter = itertools.count(1)
 
     def next(self) -> str:
-        return f"{self.prefix}{next(self.counter):012x}"
+        return _record.capture_id(self.prefix, next(self.counter))
 
 
 _IDS = _Ids()
@@ -167,13 +167,8 @@ class Call:
         if self.snapshot is not None and self.meter._deferred and self.run is None and self.meter._capture(
                 self, response):
             return None
-        try:
-            extractor = _EXTRACTORS.get((self.extractor, self.api)) or get_extractor(self.extractor, self.api)
-            extracted = extractor(response, self.model)
-        except Exception as exc:
-            self.meter._error(exc, "extract")
-            extracted = review_extracted(response)
-        return self.finish_extracted(extracted)
+        return self.finish_extracted(
+            extract_or_review(self.extractor, self.api, response, self.model, self.meter._error))
 
     def finish_extracted(self, extracted: Extracted, status: AttemptStatus = "ok",
                          error: str | None = None) -> Event | None:
@@ -226,24 +221,6 @@ class Call:
                 x = Extracted(_NO_USAGE, complete=True)
                 err = f"HTTP {code}; retried"
             self.meter._emit(self, x, "error", i + 1, err)
-
-
-def review_extracted(response: Any) -> Extracted:
-    """The event for a response shape no extractor knows: usage unknown, raw block kept."""
-    raw: dict[str, Any] | None
-    try:
-        usage_block = response.get("usage") if isinstance(response, Mapping) else getattr(
-            response, "usage", None)
-        if usage_block is not None:
-            raw = as_dict(usage_block)
-        elif response is None:
-            raw = None
-        else:
-            raw = {"usage": None, "response_type": type(response).__name__}
-    except Exception:
-        raw = {"repr": repr(response)[:2000]}
-    return Extracted(_NO_USAGE, complete=False, needs_review=True, raw_usage=raw,
-                     note="usage shape not recognised; kept for review")
 
 
 def _never_connected(exc: BaseException) -> bool:
@@ -624,12 +601,7 @@ class Meter:
         """A deferred capture's event (called by the store's background thread)."""
         call, response, prefix, n, ts = item
         event_id = _record.capture_id(prefix, n)
-        try:
-            extractor = _EXTRACTORS.get((call.extractor, call.api)) or get_extractor(call.extractor, call.api)
-            extracted = extractor(response, call.model)
-        except Exception as exc:
-            self._error(exc, "extract")
-            extracted = review_extracted(response)
+        extracted = extract_or_review(call.extractor, call.api, response, call.model, self._error)
         status, error = outcome(extracted, "ok", None)
         event = self._emit(call, extracted, status, call.attempt_no or 1, error,
                            timestamp=from_micros(ts), event_id=event_id, store=False)
@@ -653,8 +625,7 @@ class Meter:
         """Build the event, store it (unless the store is the one asking: ``store=False``),
         hand it to the sinks, add it to its run and count it."""
         if event_id is None:
-            ids = _IDS
-            event_id = f"{ids.prefix}{next(ids.counter):012x}"
+            event_id = _IDS.next()
         attribution = call.attribution
         run = call.run
         event = make_event(

@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from jevons.capture.build import make_event, outcome
-from jevons.capture.extract import Extracted, get_extractor
+from jevons.capture.build import extract_or_review, make_event, outcome
 from jevons.events import Event
 from jevons.ledger.base import CAPTURE_PREFIX
 from jevons.ledger.codec import from_micros
@@ -106,14 +105,13 @@ def capture_id(prefix: str, counter: int) -> str:
 
 
 def _log_error(exc: BaseException, kind: str) -> None:
-    """A pricing failure while rebuilding: the event is kept, unpriced; say why in the log."""
+    """A failure while rebuilding (extraction, pricing): the event is kept, flagged for review
+    or unpriced; say why in the log."""
     log.warning("jevons: %s error while rebuilding a call from the append log: %r", kind, exc)
 
 
 def read_capture(line: bytes, book: PriceBook) -> Event:
     """The event of a capture line whose process died before building it (see module doc)."""
-    from jevons.capture.meter import review_extracted
-
     (tag, id_prefix, id_counter, ts_us, provider, api, extractor_key, model, customer, feature, tags,
      attempt, region, snapshot) = _decoder.decode(line)
     if tag != TAG:
@@ -129,10 +127,7 @@ def read_capture(line: bytes, book: PriceBook) -> Event:
                     snapshot[name[: -len(EXTRA)]] = {**base, **value}
             else:
                 snapshot[name] = value
-    try:
-        x: Extracted = get_extractor(extractor_key, api)(snapshot, model)
-    except Exception:
-        x = review_extracted(snapshot)
+    x = extract_or_review(extractor_key, api, snapshot, model, _log_error)
     status, error = outcome(x, "ok", None)
     at = from_micros(ts_us)
     return make_event(

@@ -75,8 +75,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from jevons.capture.attribution import Attribution
+from jevons.capture.build import review_extracted
 from jevons.capture.extract import Extracted
-from jevons.capture.meter import CURRENT_CALL, Call, review_extracted
+from jevons.capture.meter import CURRENT_CALL, Call
 from jevons.capture.record import FieldSnapshot
 from jevons.usage import Usage
 
