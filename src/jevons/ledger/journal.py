@@ -65,6 +65,7 @@ log = logging.getLogger("jevons.ledger")
 
 Durability = Literal["strict", "sync", "fast"]
 _MAX_BATCH = 20_000
+_QUARANTINE = "quarantine.jsonl"  # unreadable log lines, in the log's directory
 
 CaptureReader = Callable[[bytes], Event]
 
@@ -97,8 +98,7 @@ def _parse_lines(data: bytes, source: Path, quarantine: Path, ledger: SQLLedger,
             if line.startswith(CAPTURE_PREFIX):  # a call whose event was not built yet
                 reader = read_capture or default_capture_reader()
                 read_capture = reader
-                event = reader(line)
-                rows.append(index_row(event, encode_event(event)))
+                rows.append(index_row(reader(line)))
                 continue
             try:
                 rows.append(decode_index(line))
@@ -143,7 +143,7 @@ def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Iterable[Path]
             if torn > 0:
                 # a torn last line: an append that never completed, hence never acknowledged
                 log.warning("jevons ledger: dropping %d unterminated bytes at the end of %s", torn, path)
-            rows = _parse_lines(data, path, directory / "quarantine.jsonl", ledger, read_capture)
+            rows = _parse_lines(data, path, directory / _QUARANTINE, ledger, read_capture)
             for i in range(0, len(rows), _MAX_BATCH):
                 stored += ledger.insert_rows(rows[i : i + _MAX_BATCH])
             path.unlink(missing_ok=True)
@@ -379,17 +379,16 @@ class JournaledStore:
         line is quarantined)."""
         _, line, item, complete = pending
         try:
-            event = complete(item)
+            return index_row(complete(item))
         except Exception as exc:
             log.error("jevons ledger: building a captured event failed (%r); rebuilt from its log line", exc)
-            try:
-                event = self._reader()(line)
-            except Exception as exc2:
-                log.error("jevons ledger: unreadable capture line quarantined: %s", exc2)
-                with open(self.directory / "quarantine.jsonl", "ab") as fh:
-                    fh.write(line + b"\n")
-                return None
-        return index_row(event, encode_event(event))
+        rows = self._parse_own(line)
+        return rows[0] if rows else None
+
+    def _parse_own(self, data: bytes) -> list[IndexRow]:
+        """The rows of lines of this process's own log (see ``_parse_lines``)."""
+        return _parse_lines(data, self.directory / "(this process's log)",
+                            self.directory / _QUARANTINE, self.ledger, self._reader())
 
     def append_many(self, events: Iterable[Event]) -> int:
         """Store several events with one ``write`` (and, in ``sync`` mode, one wait)."""
@@ -533,8 +532,7 @@ class JournaledStore:
             with self._lock:  # the log's segment list changes under the lock
                 data = self._log.read(self._drained, upto)
             cut = data.rfind(b"\n") + 1  # whole lines only (always all of it: lines are written whole)
-            rows = _parse_lines(data[:cut], self.directory / "(this process's log)",
-                                self.directory / "quarantine.jsonl", self.ledger, self._reader())
+            rows = self._parse_own(data[:cut])
             for i in range(0, len(rows), _MAX_BATCH):
                 self._commit(rows[i : i + _MAX_BATCH])
             n = len(rows)
