@@ -34,6 +34,7 @@ __all__ = [
     "register_extractor",
     "to_int",
     "usage_from_response",
+    "without_none",
 ]
 
 
@@ -258,6 +259,18 @@ def as_dict(obj: Any) -> dict[str, Any] | None:
     if hasattr(obj, "__dict__"):
         return {k: _plain(v) for k, v in vars(obj).items() if not k.startswith("_")}
     return {"repr": repr(obj)}
+
+
+def without_none(value: Any, key: Callable[[str], str] | None = None) -> Any:
+    """A JSON value with its null fields dropped at every level, and its keys renamed by
+    ``key`` (e.g. to camelCase): a usage block as the provider's API sends it, whether the
+    caller holds that JSON or a snapshot of the SDK's object (which has every declared field)."""
+    if isinstance(value, Mapping):
+        return {(str(k) if key is None else key(str(k))): without_none(v, key)
+                for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [without_none(v, key) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -42,7 +42,7 @@ from jevons.capture.adapters import (
     snapshot_fields,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
-from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int
+from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int, without_none
 from jevons.capture.extract import field as _get
 from jevons.capture.meter import Call
 from jevons.usage import Usage
@@ -121,20 +121,12 @@ def _tier(block: Any) -> str | None:
     return tier if isinstance(tier, str) and tier else None
 
 
-def _without_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_none(v) for v in value]
-    return value
-
-
 def _raw(block: Any) -> dict[str, Any] | None:
     """The usage block as a JSON dict without its null fields, whatever form the caller holds
     (an SDK object is dumped without them: a JSON dict, e.g. a deferred capture's snapshot,
     gives the same block)."""
     raw = as_dict(block)
-    return _without_none(raw) if isinstance(block, Mapping) else raw
+    return without_none(raw) if isinstance(block, Mapping) else raw
 
 
 def extract_message(message: Any, model: str | None = None) -> Extracted:

@@ -41,7 +41,7 @@ from jevons.capture.adapters import (
     register_adapter,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
-from jevons.capture.extract import Extracted, UnknownShape, register_extractor, to_int
+from jevons.capture.extract import Extracted, UnknownShape, register_extractor, to_int, without_none
 from jevons.capture.extract import field as _field
 from jevons.capture.meter import Call
 from jevons.usage import Usage
@@ -161,15 +161,6 @@ def usage_from_response(response: Any) -> Usage:
     )
 
 
-def _rest(value: Any) -> Any:
-    """A JSON value as the REST API sends it: camelCase keys at every level, no null fields."""
-    if isinstance(value, Mapping):
-        return {_camel(str(k)): _rest(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_rest(v) for v in value]
-    return value
-
-
 def _raw(metadata: Any) -> dict[str, Any] | None:
     """The usage block as the REST API sends it (camelCase, no null fields), whatever form the
     caller holds: the REST JSON, the same in snake_case (e.g. a deferred capture's snapshot)
@@ -177,7 +168,7 @@ def _raw(metadata: Any) -> dict[str, Any] | None:
     if metadata is None:
         return None
     if isinstance(metadata, Mapping):
-        return {_camel(str(k)): _rest(v) for k, v in metadata.items() if v is not None}
+        return dict(without_none(metadata, _camel))
     dump = getattr(metadata, "model_dump", None)
     if callable(dump):
         out = dump(mode="json", exclude_none=True, by_alias=True)
