@@ -64,20 +64,15 @@ _TIER_OF: dict[str, ServiceTier] = {t.value: t for t in ServiceTier}
 
 def parse_decimal(value: Any, *, what: str = "price") -> Decimal:
     """Exact Decimal from a string or int; floats are refused (they are not exact)."""
-    if type(value) is str:  # the common case (stored versions), tested first
+    if isinstance(value, Decimal):
+        out = value
+    elif isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
         try:
             out = Decimal(value)  # exact; surrounding whitespace is ignored
         except Exception as exc:  # decimal.InvalidOperation
             raise ValueError(f"{what}: {value!r} is not a number") from exc
-    elif isinstance(value, Decimal):
-        out = value
     elif isinstance(value, (bool, float)):
         raise ValueError(f"{what}: {value!r} is not an exact number (use a string)")
-    elif isinstance(value, (int, str)):
-        try:
-            out = Decimal(value)  # exact; surrounding whitespace is ignored
-        except Exception as exc:  # decimal.InvalidOperation
-            raise ValueError(f"{what}: {value!r} is not a number") from exc
     else:
         raise ValueError(f"{what}: {value!r} is not a number")
     if not out.is_finite():
