@@ -99,10 +99,11 @@ _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_wr
 def _list_charge(pc: PlanClass, cost: FloatArray, tokens: Callable[[str], FloatArray]) -> FloatArray:
     """Step 1 on arrays: the class's list charge, token mode reading each canonical token count
     through ``tokens(field)`` only when it needs them (a price-mode class never does)."""
-    if pc.mode == "token":
-        buckets = R.plan_token_buckets(**{name: tokens(name) for name in _TOKEN_FIELDS})
-        return R.token_list_charge(buckets, {d: R.param(r, like=cost) for d, r in pc.usd_per_mtok.items()})
-    return R.price_list_charge(cost, R.param(pc.markup or Decimal(0), like=cost))
+    return R.list_charge(
+        pc.mode, cost, markup=R.param(pc.markup or Decimal(0), like=cost),
+        usd_per_mtok={d: R.param(r, like=cost) for d, r in pc.usd_per_mtok.items()},
+        buckets=lambda: R.plan_token_buckets(**{name: tokens(name) for name in _TOKEN_FIELDS}),
+    )
 
 
 def load_policy_file(ref: str, *, base_dir: Path | None = None) -> Policy:

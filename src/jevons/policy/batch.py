@@ -124,10 +124,9 @@ class _Run:
 
 
 def _list_charge(pc: PlanClass, agg: _Agg, cost: Decimal) -> Decimal:
-    if pc.mode == "token":
-        return R.token_list_charge({d: agg.tokens(d) for d in _BUCKETS}, pc.usd_per_mtok)
-    assert pc.markup is not None
-    return R.price_list_charge(cost, pc.markup)
+    charge: Decimal = R.list_charge(pc.mode, cost, markup=pc.markup, usd_per_mtok=pc.usd_per_mtok,
+                                    buckets=lambda: {d: agg.tokens(d) for d in _BUCKETS})
+    return charge
 
 
 class _FastPeriod:

@@ -126,17 +126,15 @@ def event_class(event: Event, policy: Policy) -> str:
 def event_list_charge(event: Event, pc: PlanClass, cost: Decimal) -> Decimal:
     """Step 1 for one event: the list charge of its class's mode (token rates on the event's
     plan token buckets, or ``cost`` x markup). Call inside :func:`R.rating_context`."""
-    if pc.mode == "token":
-        u = event.usage
-        buckets = R.plan_token_buckets(
+    u = event.usage
+    return R.list_charge(
+        pc.mode, cost, markup=pc.markup, usd_per_mtok=pc.usd_per_mtok,
+        buckets=lambda: R.plan_token_buckets(
             input_tokens=u.input_tokens, output_tokens=u.output_tokens,
             cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
             reasoning_tokens=u.reasoning_tokens,
-        )
-        token_charge: Decimal = R.token_list_charge(buckets, pc.usd_per_mtok)
-        return token_charge
-    assert pc.markup is not None
-    return R.price_list_charge(cost, pc.markup)
+        ),
+    )
 
 
 def allowance_pool(segment: int, cls: str, pc: PlanClass, plan: Plan) -> tuple[str, R.AllowanceUnit]:

@@ -86,7 +86,7 @@ model if the mix matters), otherwise it is a lower bound of the per-event result
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Context, Decimal, localcontext
@@ -121,6 +121,7 @@ __all__ = [
     "discount",
     "floor_multiplier",
     "is_array",
+    "list_charge",
     "maximum",
     "minimum",
     "param",
@@ -292,6 +293,18 @@ def token_list_numerators(
 def price_list_charge(cost: Num, markup: Num) -> Num:
     """Price mode (cost-plus): real cost x markup."""
     return cost * markup
+
+
+def list_charge(mode: str, cost: Num, *, markup: Num | None, usd_per_mtok: Mapping[str, Num],
+                buckets: Callable[[], Mapping[str, Any]]) -> Num:
+    """Step 1 by the class's mode: :func:`token_list_charge` of ``buckets()`` (the plan's token
+    buckets, read only in token mode) or :func:`price_list_charge` of ``cost``. The same for
+    one event, a batch aggregate and the simulator's arrays (numbers of ``cost``'s type)."""
+    if mode == "token":
+        return token_list_charge(buckets(), usd_per_mtok)
+    if markup is None:
+        raise ValueError("price mode needs a markup")
+    return price_list_charge(cost, markup)
 
 
 # --------------------------------------------------------------------------- step 2: floor
