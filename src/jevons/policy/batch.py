@@ -343,7 +343,7 @@ class _FastPeriod:
             pc = plan.classes[cls]
             cost = agg.cost()
             lst = _list_charge(pc, agg, cost)
-            key, unit = allowance_pool(run.segment.index, cls, pc, plan)
+            key, _, unit = allowance_pool(run.segment.index, cls, pc, plan)
             headroom = R.INF if plan.cap is None else plan.cap - billed_total
             state = R.UnitState.start(pools.get(key, _ZERO), fixed_left, headroom)
             r = R.rate_unit(list_charge=lst, cost=cost, floor_multiplier=pc.floor_multiplier,

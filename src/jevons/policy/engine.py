@@ -28,7 +28,7 @@ from typing import Any, Literal
 from jevons.events import Event
 from jevons.policy import rules as R
 from jevons.policy.loader import PolicySet
-from jevons.policy.model import CreditGrantSpec, Plan, PlanClass, Policy
+from jevons.policy.model import AllowanceSpec, CreditGrantSpec, Plan, PlanClass, Policy
 from jevons.policy.periods import Segment, next_period, period_bounds, period_of, segments
 
 __all__ = [
@@ -137,12 +137,14 @@ def event_list_charge(event: Event, pc: PlanClass, cost: Decimal) -> Decimal:
     )
 
 
-def allowance_pool(segment: int, cls: str, pc: PlanClass, plan: Plan) -> tuple[str, R.AllowanceUnit]:
-    """The state key of the allowance pool a class draws from in one plan segment (its own
-    pool, else the plan's shared one) and that allowance's unit (``usd_charge`` when none)."""
+def allowance_pool(segment: int, cls: str, pc: PlanClass,
+                   plan: Plan) -> tuple[str, AllowanceSpec | None, R.AllowanceUnit]:
+    """The allowance a class draws from in one plan segment (its own pool, else the plan's
+    shared one): the pool's state key, its spec (``None``: no allowance) and its unit
+    (``usd_charge`` when none)."""
     spec = pc.allowance or plan.allowance
     key = f"{segment}:{cls}" if pc.allowance else f"{segment}:*"
-    return key, spec.unit if spec is not None else "usd_charge"
+    return key, spec, spec.unit if spec is not None else "usd_charge"
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -357,8 +359,7 @@ class CustomerRater:
         total = Decimal(int((end - start).total_seconds()))
         for seg in self.segments(period):
             for cname, pc in seg.plan.classes.items():
-                spec = pc.allowance or seg.plan.allowance
-                key, _ = allowance_pool(seg.index, cname, pc, seg.plan)
+                key, spec, _ = allowance_pool(seg.index, cname, pc, seg.plan)
                 if spec is not None and key not in st.pools:
                     size = R.prorate(spec.amount, seg.seconds, total)
                     st.pools[key] = size
@@ -462,7 +463,7 @@ class CustomerRater:
         pc = plan.classes[cls]
         u = event.usage
         list_charge = event_list_charge(event, pc, cost)
-        key, unit = allowance_pool(seg.index, cls, pc, plan)
+        key, _, unit = allowance_pool(seg.index, cls, pc, plan)
         left = st.pools.get(key, _ZERO)
         percent = self._percent(pol, at)
         headroom = R.INF if plan.cap is None else plan.cap - st.billed_total
