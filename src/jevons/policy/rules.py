@@ -23,9 +23,9 @@ Per event (or per aggregate "unit" in the simulator), in time order, for the pla
 in effect at the event's time:
 
 0. classify the call into a cost class (``Policy.classify``; not numeric, not here);
-1. list charge by the class's mode: :func:`token_list_charge` (token mode: the plan's own USD
-   per Mtok per token dimension, after :func:`plan_token_buckets`) or :func:`price_list_charge`
-   (price mode: cost x markup);
+1. list charge by the class's mode (:func:`list_charge`): :func:`token_list_charge` (token
+   mode: the plan's own USD per Mtok per token dimension, after :func:`plan_token_buckets`) or
+   :func:`price_list_charge` (price mode: cost x markup);
 2. event floor: charge = max(list, cost x :func:`floor_multiplier`) -- :func:`apply_floor`;
 3. allowance: the first ``allowance_left`` of the measure (USD of charge, USD of cost, or
    tokens) is included, the rest is overage -- :func:`allowance_split`;
