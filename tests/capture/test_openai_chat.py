@@ -173,6 +173,19 @@ def test_stream_helper_and_final_completion(replay: ReplayServer, meter: Meter) 
     assert "jevons" not in str(replay.last(CHAT).json)
 
 
+def test_stream_helper_with_a_bad_jevons_kwarg_still_streams(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(client_for(replay), customer="acme")
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES,
+                                        jevons={"customr": "typo"}) as stream:
+        final = stream.get_final_completion()
+    assert final.usage is not None and final.usage.completion_tokens == 10
+    assert "jevons" not in str(replay.last(CHAT).json)
+    assert meter.stats()["errors_by_kind"] == {"attribution": 1}
+    [event] = meter.events()
+    assert event.customer == "acme" and event.usage.output_tokens == 10
+
+
 def test_provider_error_passes_through_unchanged(replay: ReplayServer, meter: Meter) -> None:
     replay.on(CHAT, "openai/error_500")
     client = meter.wrap(client_for(replay), customer="acme")

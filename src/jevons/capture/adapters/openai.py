@@ -416,14 +416,15 @@ def _bind_jevons_kwargs(manager: Any, metered_create: Callable[..., Any], bundle
 
 
 def _metered_stream_helper(
-    original: Callable[..., Any], metered_create: Callable[..., Any]
+    meter: Meter, original: Callable[..., Any], metered_create: Callable[..., Any]
 ) -> Callable[..., Any]:
     """``.stream(...)`` accepts the ``jevons*`` kwargs too; the deferred ``create`` (already
-    metered) receives them when the manager is entered."""
+    metered) receives them when the manager is entered. Malformed ones are removed and
+    reported, as on ``create``: they must not break the call."""
 
     @functools.wraps(original)
     def stream(*args: Any, **kwargs: Any) -> Any:
-        per_call = pop_call_attribution(kwargs)
+        per_call = pop_call_attribution(kwargs, meter._error)
         manager = original(*args, **kwargs)
         if per_call is not None:
             _bind_jevons_kwargs(manager, metered_create, per_call.as_bundle())
@@ -472,13 +473,13 @@ class OpenAIAdapter:
             create = metered(chat, "create", CHAT)
             metered(chat, "parse", CHAT_PARSE)
             if create is not None and hasattr(chat, "stream"):
-                patch_method(chat, "stream", _metered_stream_helper(chat.stream, create))
+                patch_method(chat, "stream", _metered_stream_helper(meter, chat.stream, create))
         responses = getattr(w, "responses", None)
         if responses is not None:
             create = metered(responses, "create", RESPONSES)
             metered(responses, "parse", RESPONSES_PARSE)
             if create is not None and hasattr(responses, "stream"):
-                patch_method(responses, "stream", _metered_stream_helper(responses.stream, create))
+                patch_method(responses, "stream", _metered_stream_helper(meter, responses.stream, create))
         completions = getattr(w, "completions", None)
         if completions is not None:
             metered(completions, "create", COMPLETIONS)
