@@ -1,7 +1,8 @@
-"""Deferred capture for Anthropic, Mistral and Gemini: with the durable ledger, a complete
-response only has its snapshot logged on the caller's thread. The event the ledger's background
-thread builds from the live response, and the one rebuilt from the log line alone (a process
-that died first), must both be the event a synchronous meter builds for the same reply.
+"""Deferred capture for Anthropic, Mistral, Gemini and Bedrock's ``converse``: with the durable
+ledger, a complete response only has its snapshot logged on the caller's thread. The event the
+ledger's background thread builds from the live response, and the one rebuilt from the log line
+alone (a process that died first), must both be the event a synchronous meter builds for the
+same reply.
 
 Each provider's recorded replies (``tests/replay/fixtures/<provider>``) cover its usage
 features: cache reads and writes (5-minute, 1-hour), thinking, tool calls, web searches
@@ -12,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aioboto3
 import anthropic
+import boto3
 import pytest
 from deferred_support import log_lines, same_event
 from google import genai
@@ -41,12 +44,12 @@ def durable(durable_meter: Callable[[PriceBook], Meter], list_price_book: PriceB
     return durable_meter(list_price_book)
 
 
-def check_deferred(durable: Meter, meter: Meter, book: PriceBook) -> Event:
+def check_deferred(durable: Meter, meter: Meter, book: PriceBook, answer: bytes = b"Paris") -> Event:
     """The durable meter logged one capture line; its event (built by the background thread)
     and the one rebuilt from the line alone are the synchronous meter's."""
     [line] = log_lines(durable)
     assert line.startswith(b'["C1",'), "a capture line, not a built event"
-    assert b"Paris" not in line, "the answer's text is not logged"
+    assert answer not in line, "the answer's text is not logged"
     [deferred] = durable.events()  # the query waits for the background thread
     [synchronous] = meter.events()
     same_event(deferred, synchronous)
@@ -223,3 +226,51 @@ async def test_gemini_aio_generate_content_is_deferred(
     await both_async(durable, meter, gemini_client(replay), call)
     event = check_deferred(durable, meter, list_price_book)
     assert event.usage.reasoning_tokens == 611
+
+
+# ---------------------------------------------------------------------- Bedrock
+CONVERSE = r"^/model/[^/]+/converse$"
+BEDROCK_MESSAGES = [{"role": "user", "content": [{"text": "Summarize this."}]}]
+
+BEDROCK: dict[str, tuple[str, bytes, Callable[[Usage], bool]]] = {
+    # (modelId as called, a piece of the answer's text, what the usage must show)
+    "converse_claude_cache": ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", b"Here is the summary",
+                              lambda u: (u.cache_read_tokens, u.cache_write_5m_tokens, u.tool_calls)
+                              == (3200, 1000, 1)),
+    "converse_nova": ("amazon.nova-pro-v1:0", b"Bonjour",
+                      lambda u: (u.input_tokens, u.output_tokens, u.tool_calls) == (410, 37, 0)),
+}
+
+
+def bedrock_client(replay: ReplayServer) -> Callable[[Meter], Any]:
+    return lambda m: boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=replay.url,
+                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.mark.parametrize("name", sorted(BEDROCK))
+def test_bedrock_converse_is_deferred_and_rebuilt(
+    name: str, replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    model, answer, expect = BEDROCK[name]
+    replay.on(CONVERSE, f"bedrock/{name}")
+    both(durable, meter, bedrock_client(replay),
+         lambda c: c.converse(modelId=model, messages=BEDROCK_MESSAGES))
+    event = check_deferred(durable, meter, list_price_book, answer)
+    assert expect(event.usage), event.usage
+    assert (event.provider, event.api, event.model_requested, event.region) == (
+        "bedrock", "converse", model, "us-east-1")
+
+
+async def test_bedrock_aioboto3_converse_is_deferred(
+    replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    replay.on(CONVERSE, "bedrock/converse_claude_cache")
+    session = aioboto3.Session()
+    model = BEDROCK["converse_claude_cache"][0]
+    for m in (durable, meter):
+        async with session.client("bedrock-runtime", region_name="us-east-1", endpoint_url=replay.url,
+                                  aws_access_key_id="testing", aws_secret_access_key="testing") as raw:
+            client = m.wrap(raw, **ATTRIBUTION)
+            await client.converse(modelId=model, messages=BEDROCK_MESSAGES)
+    event = check_deferred(durable, meter, list_price_book, b"Here is the summary")
+    assert event.usage.cache_read_tokens == 3200 and event.usage.tool_calls == 1

@@ -52,6 +52,7 @@ from jevons.capture.adapters.bedrock_usage import (
     BedrockReading,
     ConverseStreamFold,
     headers_of,
+    message_tool_uses,
     parse_body,
     reading_from_converse,
 )
@@ -461,6 +462,25 @@ def _invoke_stream(call: Call, result: Any) -> Any:
     return result
 
 
+# ====================================================================== deferred capture
+_TOOL_USE: dict[str, dict[str, Any]] = {"toolUse": {}}
+
+
+def _converse_snapshot(response: Any) -> dict[str, Any] | None:
+    """What ``extract_converse`` reads again after a crash (see ``jevons.capture.record``):
+    the usage block and, of the answer, only one ``{"toolUse": {}}`` per tool call (the text
+    is not logged). With it a complete ``converse`` response is priced and built by the
+    ledger's background thread, as for the other providers. ``None`` (recorded at once) for
+    anything but boto3's dict with a usage block."""
+    if type(response) is not dict:
+        return None
+    usage = response.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    tools = [_TOOL_USE] * message_tool_uses(response)
+    return {"usage": usage, "output": {"message": {"content": tools}}}
+
+
 # ====================================================================== the adapter
 def _always(kwargs: dict[str, Any]) -> bool:
     return True
@@ -468,7 +488,8 @@ def _always(kwargs: dict[str, Any]) -> bool:
 
 _METHODS: dict[str, tuple[MethodSpec, bool]] = {
     # method -> (how it is metered, without the per-client ``prepare``; read the body)
-    "converse": (MethodSpec(API_CONVERSE, PROVIDER, model_kwarg="modelId"), False),
+    "converse": (MethodSpec(API_CONVERSE, PROVIDER, model_kwarg="modelId", snapshot=_converse_snapshot),
+                 False),
     "converse_stream": (MethodSpec(API_CONVERSE_STREAM, PROVIDER, model_kwarg="modelId",
                                    is_stream=_always, stream=_converse_stream), False),
     "invoke_model": (MethodSpec(API_INVOKE, PROVIDER, model_kwarg="modelId",
