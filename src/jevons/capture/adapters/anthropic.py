@@ -20,6 +20,12 @@ and ``messages.stream()`` on ``Anthropic``/``AsyncAnthropic`` and their ``beta.m
 ``stream()`` helper posts on its own (not through ``create``) when its manager is entered, so
 the adapter meters that deferred request; streams stay the SDK's ``Stream``/``MessageStream``
 objects, only their raw event iterator is observed. See docs/capture-providers.md.
+
+``AnthropicBedrockAdapter`` meters the same methods on ``AnthropicBedrock`` /
+``AsyncAnthropicBedrock``, which send the Messages API to Bedrock's invoke endpoints: those
+calls are Bedrock's (provider ``bedrock``, the model id as called with its cross-region prefix,
+the client's ``aws_region``), priced exactly as boto3's ``invoke_model`` of the same model; the
+model name inside the reply (``claude-...`` without the Bedrock id) is not used for the price.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ __all__ = [
     "API",
     "PROVIDER",
     "AnthropicAdapter",
+    "AnthropicBedrockAdapter",
     "AnthropicStreamState",
     "extract_message",
     "usage_from_message",
@@ -158,6 +165,8 @@ class AnthropicStreamState:
     finished: bool = False
     tool_calls: int = 0
     raw: dict[str, Any] = field(default_factory=dict)
+    # False when the host prices by the model id as called, not the name in the reply (Bedrock)
+    report_model: bool = True
 
     def add(self, event: Any) -> None:
         kind = _get(event, "type")
@@ -200,12 +209,13 @@ class AnthropicStreamState:
     def result(self) -> Extracted:
         """What the stream reported so far; ``complete`` only once it reached its end. A stream
         cut off before ``message_start`` is one request of unknown usage."""
+        model = self.model if self.report_model else None
         if not self.has_usage:
-            return Extracted(Usage(), model=self.model, complete=False,
+            return Extracted(Usage(), model=model, complete=False,
                              note="stream ended before message_start; usage unknown")
         return Extracted(
             usage=self.usage(),
-            model=self.model,
+            model=model,
             complete=self.finished,
             raw_usage=dict(self.raw),
             service_tier=_tier(self.raw),
@@ -224,6 +234,11 @@ def _finish(call: Call, result: Any) -> None:
 def _observe(call: Call, stream: Any) -> Any:
     """The SDK's own ``Stream``/``AsyncStream``, its event iterator swapped for an observing one."""
     return patch_stream(stream, call, AnthropicStreamState(), iterator_attr="_iterator")
+
+
+def _observe_hosted(call: Call, stream: Any) -> Any:
+    """``_observe`` for a host that prices by the model id as called (Bedrock)."""
+    return patch_stream(stream, call, AnthropicStreamState(report_model=False), iterator_attr="_iterator")
 
 
 def _always_stream(kwargs: dict[str, Any]) -> bool:
@@ -255,11 +270,19 @@ def _message_snapshot(message: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] |
     return _MESSAGE_NAMES, (*values, tools)
 
 
-def _specs(provider: str) -> tuple[MethodSpec, MethodSpec]:
-    """(create/parse, the deferred request of a ``.stream()`` manager)."""
-    call_spec = MethodSpec(API, provider, PROVIDER, stream=_observe, on_result=_finish,
-                           snapshot=_message_snapshot)
-    deferred = MethodSpec(API, provider, PROVIDER, stream=_observe, is_stream=_always_stream)
+def _specs(provider: str, extractor: str, region: str | None) -> tuple[MethodSpec, MethodSpec]:
+    """(create/parse, the deferred request of a ``.stream()`` manager). ``extractor`` other
+    than Anthropic's own: a host pricing by the model id as called, in ``region``."""
+    observe = _observe if extractor == PROVIDER else _observe_hosted
+    prepare = None
+    if region is not None:
+        def prepare(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
+            call.region = region
+
+    call_spec = MethodSpec(API, provider, extractor, stream=observe, on_result=_finish,
+                           snapshot=_message_snapshot, prepare=prepare)
+    deferred = MethodSpec(API, provider, extractor, stream=observe, is_stream=_always_stream,
+                          prepare=prepare)
     return call_spec, deferred
 
 
@@ -314,17 +337,26 @@ class AnthropicAdapter:
     ``beta.messages``."""
 
     name = "anthropic"
+    provider = PROVIDER  # the events' provider (``wrap``'s ``provider=`` overrides it)
+    extractor = PROVIDER  # how a reply is read (``register_extractor`` key, with ``API``)
+
+    def client_types(self) -> tuple[type, ...]:
+        import anthropic
+
+        return anthropic.Anthropic, anthropic.AsyncAnthropic
+
+    def region(self, client: Any) -> str | None:
+        return None
 
     def matches(self, client: object) -> bool:
         try:
-            import anthropic
-        except ImportError:
+            return isinstance(client, self.client_types())
+        except (ImportError, AttributeError):  # no SDK, or one without this client
             return False
-        return isinstance(client, anthropic.Anthropic | anthropic.AsyncAnthropic)
 
     def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T:
-        prov = provider or PROVIDER
-        call_spec, deferred_spec = _specs(prov)
+        prov = provider or self.provider
+        call_spec, deferred_spec = _specs(prov, self.extractor, self.region(client))
         new = fresh_copy(client)
         install_attempt_hooks(getattr(new, "_client", None))
         w: Any = new
@@ -347,4 +379,24 @@ class AnthropicAdapter:
         return new
 
 
+class AnthropicBedrockAdapter(AnthropicAdapter):
+    """``AnthropicBedrock`` / ``AsyncAnthropicBedrock``: the same methods, served by Bedrock and
+    priced as Bedrock (see the module docstring); replies are read by the ``("bedrock",
+    "messages")`` extractor, Anthropic's without the reply's model name."""
+
+    name = "anthropic-bedrock"
+    provider = "bedrock"
+    extractor = "bedrock"
+
+    def client_types(self) -> tuple[type, ...]:
+        import anthropic
+
+        return anthropic.AnthropicBedrock, anthropic.AsyncAnthropicBedrock
+
+    def region(self, client: Any) -> str | None:
+        region = getattr(client, "aws_region", None)
+        return region if isinstance(region, str) and region else None
+
+
 register_adapter(AnthropicAdapter())
+register_adapter(AnthropicBedrockAdapter())

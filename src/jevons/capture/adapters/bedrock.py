@@ -46,6 +46,7 @@ from jevons.capture.adapters import (
     patch_method,
     register_adapter,
 )
+from jevons.capture.adapters.anthropic import extract_message
 from jevons.capture.adapters.bedrock_families import InvokeStreamFold, reading_from_invoke
 from jevons.capture.adapters.bedrock_usage import (
     PROVIDER,
@@ -69,6 +70,7 @@ __all__ = [
     "API_CONVERSE_STREAM",
     "API_INVOKE",
     "API_INVOKE_STREAM",
+    "API_MESSAGES",
     "BedrockAdapter",
     "BedrockStreamAccumulator",
     "extracted_from_reading",
@@ -79,6 +81,8 @@ T = TypeVar("T")
 API_CONVERSE = "converse"
 API_CONVERSE_STREAM = "converse_stream"
 API_INVOKE = "invoke"
+#: Anthropic's Messages API served by Bedrock (``anthropic.AnthropicBedrock``)
+API_MESSAGES = "messages"
 API_INVOKE_STREAM = "invoke_stream"
 
 SERVICE = "bedrock-runtime"
@@ -142,6 +146,12 @@ def extract_invoke(response: Any, model: str | None) -> Extracted:
     return _require(reading_from_invoke(body, model or "", headers))
 
 
+def extract_hosted_message(response: Any, model: str | None) -> Extracted:
+    """An Anthropic ``Message`` from Bedrock (``AnthropicBedrock``): Anthropic's reading, the
+    model left unset, since the ``modelId`` as called is what the book prices (as for invoke)."""
+    return replace(extract_message(response, model), model=None)
+
+
 def _stream_items(response: Any, key: str) -> Iterable[Any]:
     if isinstance(response, Mapping):
         response = response.get(key, ())
@@ -201,6 +211,7 @@ for _api, _fn in (
     (API_INVOKE, extract_invoke),
     ("invoke_model", extract_invoke),
     (API_INVOKE_STREAM, extract_invoke_stream),
+    (API_MESSAGES, extract_hosted_message),
     ("invoke_model_with_response_stream", extract_invoke_stream),
 ):
     register_extractor(PROVIDER, _api, _fn)
