@@ -98,11 +98,25 @@ def test_stream_requests_usage_and_records_it(replay: ReplayServer, meter: Meter
     stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     assert isinstance(stream, openai.Stream)
     assert stream.response.status_code == 200  # the SDK's own stream object
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    # the usual caller code: the usage-only chunk (no choices) jevons asked for is not passed on
+    text = "".join(c.choices[0].delta.content or "" for c in stream)
     assert text == "Hello! How can I help?"
     assert replay.last(CHAT).json["stream_options"] == {"include_usage": True}
     [event] = meter.events()
     assert event.status == "ok" and event.usage_complete
+    assert (event.usage.input_tokens, event.usage.output_tokens) == (19, 10)
+
+
+def test_stream_usage_chunk_reaches_a_caller_who_asked_for_it(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    client = meter.wrap(client_for(replay), customer="acme")
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                 stream_options={"include_usage": True}))
+    unwrapped = list(client_for(replay).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}))
+    assert [c.model_dump() for c in chunks] == [c.model_dump() for c in unwrapped]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    [event] = meter.events()  # the unwrapped client is not metered
     assert (event.usage.input_tokens, event.usage.output_tokens) == (19, 10)
 
 
@@ -166,7 +180,7 @@ def test_stream_helper_and_final_completion(replay: ReplayServer, meter: Meter) 
             pass
         final = stream.get_final_completion()
     assert final.choices[0].message.content == "Hello! How can I help?"
-    assert final.usage is not None and final.usage.prompt_tokens == 19
+    assert final.usage is None  # as unwrapped: the caller did not ask for usage; jevons did
     [event] = meter.events()
     assert event.feature == "helper" and event.usage.output_tokens == 10
     assert replay.last(CHAT).json["stream_options"] == {"include_usage": True}
@@ -179,7 +193,7 @@ def test_stream_helper_with_a_bad_jevons_kwarg_still_streams(replay: ReplayServe
     with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES,
                                         jevons={"customr": "typo"}) as stream:
         final = stream.get_final_completion()
-    assert final.usage is not None and final.usage.completion_tokens == 10
+    assert final.choices[0].message.content == "Hello! How can I help?"
     assert "jevons" not in str(replay.last(CHAT).json)
     assert meter.stats()["errors_by_kind"] == {"attribution": 1}
     [event] = meter.events()
@@ -247,7 +261,7 @@ async def test_async_create_and_stream(replay: ReplayServer, meter: Meter) -> No
     n = 0
     async for _chunk in stream:
         n += 1
-    assert n == 7
+    assert n == 6  # the usage-only chunk jevons asked for is not passed on
     async with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as helper:
         final = await helper.get_final_completion()
     assert final.choices[0].message.content == "Hello! How can I help?"

@@ -128,8 +128,8 @@ class Call:
     """One logical provider call in flight: attribution, run step, HTTP attempts seen so far."""
 
     __slots__ = (
-        "api", "attempt_no", "attribution", "done", "extractor", "http_attempts", "meter", "model",
-        "provider", "region", "run", "snapshot", "step",
+        "api", "attempt_no", "attribution", "done", "extractor", "hidden", "http_attempts", "meter",
+        "model", "provider", "region", "run", "snapshot", "step",
     )
 
     def __init__(
@@ -158,6 +158,9 @@ class Call:
         self.done = False
         self.region: str | None = None
         self.attempt_no: int | None = None  # set when the adapter numbers attempts itself
+        # stream items that answer what the adapter asked for and the caller did not (OpenAI's
+        # usage-only chunk when jevons set ``include_usage``): observed, not passed on
+        self.hidden: Callable[[Any], bool] | None = None
 
     # ---------------------------------------------------------------- outcomes (never raise)
     def finish(self, response: Any) -> Event | None:

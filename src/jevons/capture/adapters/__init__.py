@@ -382,12 +382,24 @@ def _result(call: Call, acc: StreamAccumulator) -> Extracted:
         return review_extracted(None)
 
 
+def _is_hidden(call: Call, hidden: Callable[[Any], bool], item: Any) -> bool:
+    """``hidden(item)``; an error in it passes the item on (and is reported)."""
+    try:
+        return hidden(item)
+    except Exception as exc:
+        call.meter._error(exc, "adapter")
+        return False
+
+
 def observe_sync(
     call: Call, iterator: Iterator[Any], acc: StreamAccumulator
 ) -> Generator[Any, None, None]:
     """Yield ``iterator``'s items unchanged, feeding ``acc``; end ``call`` when the stream ends
-    (``ok``), raises (``error``, re-raised) or is closed early (``aborted``)."""
+    (``ok``), raises (``error``, re-raised) or is closed early (``aborted``). Items
+    ``call.hidden`` picks out are fed to ``acc`` but not yielded: the caller sees the stream it
+    asked for."""
     adding = True
+    hidden = call.hidden
     try:
         for item in iterator:
             if adding:
@@ -396,6 +408,8 @@ def observe_sync(
                 except Exception as exc:
                     adding = False  # one error per stream, not one per chunk
                     call.meter._error(exc, "extract")
+            if hidden is not None and _is_hidden(call, hidden, item):
+                continue
             yield item
     except GeneratorExit:
         call.abort(_result(call, acc))
@@ -419,6 +433,7 @@ async def observe_async(
 ) -> AsyncGenerator[Any, None]:
     """The ``async for`` twin of ``observe_sync``."""
     adding = True
+    hidden = call.hidden
     try:
         async for item in iterator:
             if adding:
@@ -427,6 +442,8 @@ async def observe_async(
                 except Exception as exc:
                     adding = False
                     call.meter._error(exc, "extract")
+            if hidden is not None and _is_hidden(call, hidden, item):
+                continue
             yield item
     except GeneratorExit:
         call.abort(_result(call, acc))

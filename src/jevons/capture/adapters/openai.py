@@ -324,15 +324,25 @@ class ResponsesStreamAccumulator:
 
 
 # ---------------------------------------------------------------------- wrapping
+def _usage_only_chunk(chunk: Any) -> bool:
+    """The chunk ``include_usage`` adds at the end of a stream: usage, and no choices."""
+    return field(chunk, "usage") is not None and not field(chunk, "choices")
+
+
 def _prepare_chat(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
+    """Ask a stream for its usage chunk unless the caller said either way; the chunk then
+    answers jevons, not the caller, who does not see it (caller code such as
+    ``chunk.choices[0]`` would fail on it)."""
     if not streaming:
         return
     options = kwargs.get("stream_options")
     if isinstance(options, dict):
         if "include_usage" not in options:
             kwargs["stream_options"] = {**options, "include_usage": True}
+            call.hidden = _usage_only_chunk
     elif options is None or type(options).__name__ in ("Omit", "NotGiven"):
         kwargs["stream_options"] = {"include_usage": True}
+        call.hidden = _usage_only_chunk
 
 
 _RAW_TYPES: tuple[type, ...] | None = None
