@@ -140,6 +140,64 @@ def test_database_outage_keeps_events_in_the_log(ledger: SQLLedger, tmp_path: Pa
     store.close()
 
 
+def test_a_new_segment_is_never_taken_by_another_process_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process's recovery runs at the worst moment: while this store creates a segment
+    (file created, lock not yet taken). The segment must survive, with every acknowledged line
+    on disk, as after a ``kill -9`` right then."""
+    import fcntl
+
+    import jevons.ledger.maplog as maplog
+    from jevons.ledger.journal import recover_journals
+    from jevons.ledger.maplog import read_segment
+
+    ledger = sqlite_ledger(tmp_path / "l.db")
+    other_process = sqlite_ledger(tmp_path / "l.db")
+    journal = tmp_path / "journal"
+    armed = {"now": False}
+    real_flock = fcntl.flock
+
+    class Fcntl:
+        LOCK_EX, LOCK_NB = fcntl.LOCK_EX, fcntl.LOCK_NB
+
+        @staticmethod
+        def flock(fd: int, op: int) -> None:
+            if armed["now"] and op == fcntl.LOCK_EX:  # a new segment, not locked yet
+                armed["now"] = False
+                recover_journals(other_process, journal)
+            real_flock(fd, op)
+
+    monkeypatch.setattr(maplog, "fcntl", Fcntl)
+    store = _store(ledger, tmp_path, rotate_bytes=64 * 1024, flush_interval_ms=60_000)
+    Outage(ledger, monkeypatch)  # nothing commits: the log is the only copy
+    for i in range(400):
+        armed["now"] = armed["now"] or i == 200
+        assert store.append(make_event(i, key=f"k{i}"))
+    assert not armed["now"], "the bench never rotated: the race was not exercised"
+    lines = [line for path in journal.glob("*.jnl")
+             for line in read_segment(path.read_bytes()).splitlines()]
+    assert len(lines) == 400
+    assert other_process.count() == 0  # it took nothing
+    other_process.close()
+    store.close()
+
+
+def test_recovery_removes_only_stale_half_created_segments(tmp_path: Path) -> None:
+    from jevons.ledger.journal import recover_journals
+
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    stale, fresh = journal / "1-aaaa.jnl-new", journal / "2-bbbb.jnl-new"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")
+    os.utime(stale, (0, 0))  # its process died while creating it, long ago
+    ledger = sqlite_ledger(tmp_path / "l.db")
+    assert recover_journals(ledger, journal) == 0
+    assert (stale.exists(), fresh.exists()) == (False, True)
+    ledger.close()
+
+
 def test_log_rotation_loses_nothing(ledger: SQLLedger, tmp_path: Path) -> None:
     store = _store(ledger, tmp_path, rotate_bytes=20_000, flush_interval_ms=1)
     for i in range(300):

@@ -57,7 +57,7 @@ from jevons.events import Event
 from jevons.ledger.base import CAPTURE_PREFIX, EventQuery
 from jevons.ledger.codec import IndexRow, UnknownLayoutError, decode_index, encode_event, index_row
 from jevons.ledger.database import LedgerError, SQLLedger
-from jevons.ledger.maplog import SUFFIX, MappedLog, read_segment
+from jevons.ledger.maplog import NEW_SUFFIX, SUFFIX, MappedLog, read_segment
 
 __all__ = ["Durability", "JournaledStore", "recover_journals"]
 
@@ -113,6 +113,26 @@ def _parse_lines(data: bytes, source: Path, quarantine: Path, ledger: SQLLedger,
     return rows
 
 
+def _remove_abandoned_new_segments(directory: Path, min_age_s: float = 60.0) -> None:
+    """Delete segments whose process died while creating them (``NEW_SUFFIX``, unlocked, older
+    than a minute: a segment is created, locked and renamed within microseconds, and the age
+    keeps this from racing a creation): no line was ever written to one."""
+    for path in directory.glob(f"*{NEW_SUFFIX}"):
+        try:
+            if time.time() - path.stat().st_mtime < min_age_s:
+                continue
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass  # being created right now
+        finally:
+            os.close(fd)
+
+
 def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Iterable[Path] = (),
                      read_capture: CaptureReader | None = None) -> int:
     """Drain and delete every log in ``directory`` whose owner process is gone; return the
@@ -121,6 +141,7 @@ def recover_journals(ledger: SQLLedger, directory: Path, *, skip: Iterable[Path]
     stored = 0
     if not directory.is_dir():
         return 0
+    _remove_abandoned_new_segments(directory)
     skipped = set(skip)
     for path in sorted(directory.glob(f"*{SUFFIX}")):
         if path in skipped:

@@ -29,9 +29,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SUFFIX", "MappedLog", "read_segment"]
+__all__ = ["NEW_SUFFIX", "SUFFIX", "MappedLog", "read_segment"]
 
 SUFFIX = ".jnl"
+#: a segment being created (locked, then renamed to ``SUFFIX``): never recovered, never holds a line
+NEW_SUFFIX = ".jnl-new"
 _NL = 10
 # Linux 5.14+: fault pages in, writable and dirty, without writing to them (not in Python's
 # mmap module as a name); older kernels refuse it and the first store to a page faults it
@@ -81,16 +83,24 @@ class MappedLog:
         return [s.path for s in self._segments]
 
     def _open(self, size: int) -> _Segment:
+        """A new segment, locked before it is visible under its ``.jnl`` name: created under
+        a name recoverers do not look at, locked, then renamed (the lock belongs to the open
+        file, not the name). Created under its final name, another process's recovery could
+        lock it in the moment before its owner does, find it empty and delete it, and the
+        owner's acknowledged appends would then go to a deleted file."""
         size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-        path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        stem = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        path = self.directory / f"{stem}{SUFFIX}"
+        hidden = self.directory / f"{stem}{NEW_SUFFIX}"
+        fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            os.rename(hidden, path)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            hidden.unlink(missing_ok=True)
             raise
         segment = _Segment(path, fd, mm, self.written, size)
         self._segments.append(segment)
