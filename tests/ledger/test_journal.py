@@ -48,6 +48,28 @@ def test_open_store_memory_backend(tmp_path: Path) -> None:
     assert isinstance(open_store(settings_for("memory", home=str(tmp_path))), MemoryStore)
 
 
+def test_a_database_down_at_start_up_loses_nothing(tmp_path: Path) -> None:
+    """The ledger cannot be opened when the store starts (here: its path is taken by a
+    directory): the store still starts, on its append log; the events are on disk at once and
+    in the database as soon as it can be opened. Before, ``Meter()`` fell back to memory."""
+    from jevons.ledger.deferred import DeferredLedger
+
+    settings = settings_for("sqlite", home=str(tmp_path), flush_interval_ms=1)
+    db = tmp_path / "ledger" / "ledger.db"
+    db.mkdir(parents=True)  # not a database: opening it fails
+    store = open_store(settings)
+    assert isinstance(store, JournaledStore) and isinstance(store.ledger, DeferredLedger)
+    for i in range(5):
+        assert store.append(make_event(i, key=f"k{i}"))
+    assert not store.flush(timeout=0.5)
+    logged = b"".join(p.read_bytes() for p in store.directory.glob("*.jnl"))
+    assert all(f"k{i}".encode() in logged for i in range(5))
+    db.rmdir()  # the database can be opened now
+    assert store.flush(timeout=30)
+    assert sorted(e.idempotency_key for e in store.query()) == [f"k{i}" for i in range(5)]
+    store.close()
+
+
 def test_append_survives_until_drained_and_query_sees_it(ledger: SQLLedger, tmp_path: Path) -> None:
     store = _store(ledger, tmp_path, flush_interval_ms=1000)
     events = [make_event(i) for i in range(200)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,58 @@ def test_new_sqlite_ledgers_use_16k_pages(tmp_path: object) -> None:
     with sqlite3.connect(f"{tmp_path}/p.db") as conn:
         assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_nul_in_a_callers_text_is_stored_and_holds_back_nothing(ledger: SQLLedger) -> None:
+    """PostgreSQL text cannot hold NUL: the indexed columns get U+FFFD instead, on both
+    backends alike, and the body keeps the exact value. Before, one such event failed its
+    whole batch on PostgreSQL, on every retry."""
+    odd = make_event(1, customer="acme\x00x", key="key\x00one", run_id="run\x00", model="gpt\x004o")
+    batch = [make_event(0), odd, make_event(2)]
+    assert ledger.append_many(batch) == 3
+    assert ledger.append(make_event(3, key="key\x00one")) is False  # still one event per key
+    [back] = ledger.query(EventQuery(customer="acme\ufffdx"))
+    assert back == odd  # the event itself, exact
+    assert [e.idempotency_key for e in ledger.query(EventQuery(run_id="run\ufffd"))] == ["key\x00one"]
+    assert ledger.count() == 3
+
+
+def test_a_dsn_password_reaches_neither_the_error_nor_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+) -> None:
+    """psycopg quotes a DSN it cannot parse, password included."""
+    from jevons import Meter
+    from jevons.ledger.database import LedgerError, postgres_ledger
+
+    dsn = "postgresql://postgres:hunter2@[127.0.0.1/test"
+    with pytest.raises(LedgerError) as raised:
+        postgres_ledger(dsn)
+    message = str(raised.value)
+    assert "hunter2" not in message and "postgres:***@" in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+    monkeypatch.setenv("JEVONS_HOME", str(tmp_path))
+    monkeypatch.setenv("MY_DSN", dsn)
+    monkeypatch.setenv("JEVONS_LEDGER__BACKEND", "postgres")
+    monkeypatch.setenv("JEVONS_LEDGER__DSN_ENV", "MY_DSN")
+    with caplog.at_level("DEBUG"):
+        Meter().close()
+    assert "cannot be opened now" in caplog.text  # it runs on its append log meanwhile
+    assert "hunter2" not in caplog.text
+
+
+def test_a_ledger_that_cannot_be_configured_is_reported_not_silent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """A configuration error (here: PostgreSQL with no DSN) leaves the meter running on memory,
+    and says so: counted in ``stats()`` and passed to ``on_error``."""
+    from jevons import Meter
+    from jevons.ledger import MemoryStore
+
+    monkeypatch.setenv("JEVONS_HOME", str(tmp_path))
+    monkeypatch.setenv("JEVONS_LEDGER__BACKEND", "postgres")
+    seen: list[str] = []
+    meter = Meter(on_error=lambda exc, kind: seen.append(kind))
+    assert isinstance(meter.store, MemoryStore)
+    assert seen == ["ledger"] and meter.stats()["errors_by_kind"] == {"ledger": 1}
+    meter.close()

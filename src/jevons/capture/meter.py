@@ -288,6 +288,7 @@ class Meter:
     ) -> None:
         self._settings = settings
         self.book = book if book is not None else _default_book()
+        self._store_error: BaseException | None = None
         self.store: EventStore = self._open_store(ledger)
         self.sinks: list[Sink] = list(sinks)
         self.guards: list[Guard] = list(guards)
@@ -304,6 +305,8 @@ class Meter:
         self._errors_by_kind: dict[str, int] = {}
         self._backlog: list[Event] = []  # events the store refused; retried on the next append
         self._closed = False
+        if self._store_error is not None:  # counted in stats() and passed to on_error
+            self._error(self._store_error, "ledger")
         # deferred captures (see ``_capture``): only with a store that logs them durably, and
         # not with guards (a cap or a policy must see every call's cost before the next call)
         self._deferred = bool(getattr(self.store, "takes_captures", False)) and not self.guards
@@ -328,7 +331,11 @@ class Meter:
                                            read_capture=_record.capture_reader(self.book))
             return store
         except Exception as exc:  # a broken ledger must not stop the app from starting
-            log.warning("jevons: could not open the ledger (%s); events are kept in memory", exc)
+            # (a database that is merely down does not get here: ``open_store`` then runs on
+            # its append log until the database answers, losing nothing)
+            log.error("jevons: could not open the ledger (%s); events are kept in memory only and "
+                      "are lost when this process exits", exc)
+            self._store_error = exc
             return MemoryStore()
 
     def _settings_or_load(self) -> Settings:

@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from jevons.ledger.base import EventQuery, EventStore, MemoryStore
 
@@ -21,7 +22,11 @@ if TYPE_CHECKING:
     from jevons.events import Event
     from jevons.ledger.database import SQLLedger
 
-__all__ = ["EventQuery", "EventStore", "MemoryStore", "open_ledger", "open_store", "resolve_dsn"]
+__all__ = [
+    "EventQuery", "EventStore", "MemoryStore", "ledger_identity", "open_ledger", "open_store", "resolve_dsn",
+]
+
+log = logging.getLogger("jevons.ledger")
 
 
 def resolve_dsn(settings: Settings) -> str:
@@ -50,18 +55,33 @@ def open_ledger(settings: Settings | None = None) -> SQLLedger:
         return postgres_ledger(resolve_dsn(settings), schema=cfg.pg_schema, prefix=cfg.table_prefix)
     if cfg.backend == "memory":
         raise ConfigError("ledger.backend = 'memory' has no database (events live in one process)")
-    path = Path(cfg.path).expanduser() if cfg.path else settings.home_dir / "ledger" / "ledger.db"
-    return sqlite_ledger(path, prefix=cfg.table_prefix)
+    return sqlite_ledger(_sqlite_path(settings), prefix=cfg.table_prefix)
 
 
-def journal_dir(settings: Settings, ledger: SQLLedger) -> Path:
-    """Where this host's append logs for ``ledger`` live (one directory per database)."""
+def ledger_identity(settings: Settings) -> str:
+    """The identity of the ledger ``open_ledger(settings)`` opens, known without opening it."""
+    from jevons.ledger.database import postgres_identity, sqlite_identity
+
+    cfg = settings.ledger
+    if cfg.backend == "postgres":
+        return postgres_identity(resolve_dsn(settings), cfg.pg_schema, cfg.table_prefix)
+    return sqlite_identity(_sqlite_path(settings), cfg.table_prefix)
+
+
+def _sqlite_path(settings: Settings) -> Path:
+    cfg = settings.ledger
+    return Path(cfg.path).expanduser() if cfg.path else settings.home_dir / "ledger" / "ledger.db"
+
+
+def journal_dir(settings: Settings, ledger: SQLLedger | None = None) -> Path:
+    """Where this host's append logs for the ledger live (one directory per database)."""
     base = (
         Path(settings.ledger.journal_dir).expanduser()
         if settings.ledger.journal_dir
         else settings.home_dir / "ledger" / "journal"
     )
-    return base / hashlib.sha256(ledger.identity.encode()).hexdigest()[:16]
+    identity = ledger.identity if ledger is not None else ledger_identity(settings)
+    return base / hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def open_store(settings: Settings | None = None, *,
@@ -72,15 +92,30 @@ def open_store(settings: Settings | None = None, *,
     over the SQLite or PostgreSQL ledger, which also recovers the logs of crashed processes.
     ``read_capture`` rebuilds the deferred captures of such a log (``Meter`` passes one bound
     to its price book; default: the default book).
+
+    A database that cannot be opened now (server down, disk unavailable) does not stop the
+    store: it starts on its append log and opens the database when it answers
+    (``jevons.ledger.deferred``); nothing appended meanwhile is lost. A configuration error
+    still raises.
     """
     from jevons.config import load_settings
+    from jevons.ledger.database import LedgerError
+    from jevons.ledger.deferred import DeferredLedger
     from jevons.ledger.journal import JournaledStore
 
     settings = settings or load_settings()
     cfg = settings.ledger
     if cfg.backend == "memory":
         return MemoryStore()
-    ledger = open_ledger(settings)
+    ledger: SQLLedger
+    try:
+        ledger = open_ledger(settings)
+    except LedgerError as exc:
+        log.warning("jevons: the ledger database cannot be opened now (%s); events are kept in the "
+                    "append log until it can", exc)
+        # the drain and queries use it as the ledger: every use opens it or raises LedgerError
+        ledger = cast("SQLLedger", DeferredLedger(lambda: open_ledger(settings),
+                                                  ledger_identity(settings), str(exc)))
     return JournaledStore(
         ledger,
         journal_dir(settings, ledger),

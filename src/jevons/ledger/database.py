@@ -152,7 +152,7 @@ class _SQLiteBackend(_Backend):
         super().__init__(prefix)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.identity = f"sqlite:{path.resolve()}:{prefix}"
+        self.identity = sqlite_identity(path, prefix)
         self._synchronous = synchronous
         try:
             self._writer = self._open()
@@ -203,7 +203,7 @@ class _PostgresBackend(_Backend):
         self._psycopg = psycopg
         self.dsn = dsn
         self.schema = schema
-        self.identity = f"postgres:{_redact(dsn)}:{schema}:{prefix}"
+        self.identity = postgres_identity(dsn, schema, prefix)
         self._lock_key = int.from_bytes(
             hashlib.sha256(f"jevons:{schema}:{prefix}".encode()).digest()[:8], "big", signed=True
         )
@@ -214,7 +214,9 @@ class _PostgresBackend(_Backend):
                 boot.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             self._writer = self._open(autocommit=False)
         except psycopg.Error as exc:
-            raise LedgerError(f"cannot open PostgreSQL ledger: {_first_line(exc)}") from exc
+            # psycopg quotes a DSN it cannot parse, password included: the message is scrubbed
+            # and the original exception not chained (a logged traceback would show it)
+            raise LedgerError(f"cannot open PostgreSQL ledger: {_scrub(_first_line(exc), dsn)}") from None
 
     def _open(self, *, autocommit: bool) -> Any:
         return self._psycopg.connect(
@@ -249,8 +251,57 @@ class _PostgresBackend(_Backend):
         rows: list[Any] = conn.execute(sql, tuple(params)).fetchall()
         return rows
 
+def sqlite_identity(path: Path, prefix: str) -> str:
+    """The name a SQLite ledger goes by (``SQLLedger.identity``), known without opening it."""
+    return f"sqlite:{path.resolve()}:{prefix}"
+
+
+def postgres_identity(dsn: str, schema: str, prefix: str) -> str:
+    """The name a PostgreSQL ledger goes by (secrets redacted), known without connecting."""
+    return f"postgres:{_redact(dsn)}:{schema}:{prefix}"
+
+
+_NUL = "\x00"
+_NUL_STAND_IN = "\ufffd"
+
+
+def _nul_free(rows: Sequence[IndexRow]) -> Sequence[IndexRow]:
+    """``rows`` with NUL characters in their indexed text columns replaced by U+FFFD.
+
+    A caller's customer, idempotency key, run id or model name may hold a NUL; PostgreSQL text
+    cannot, and one such row would fail its whole batch on every retry, holding back every
+    later event. Both backends store the same replacement (same rows, same queries); the body
+    keeps the exact value (JSON writes it as ``\u0000``). One scan of the batch (~0.5 us a
+    row); rows are rebuilt only when one has a NUL."""
+    if _NUL not in "".join([f"{r[0]}{r[2]}{r[3]}{r[4]}{r[5]}{r[6]}{r[7]}" for r in rows]):
+        return rows
+    return [
+        (*(v.replace(_NUL, _NUL_STAND_IN) if isinstance(v, str) else v for v in r[:-1]), r[-1])  # type: ignore[misc]
+        for r in rows
+    ]
+
+
 def _redact(dsn: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", re.sub(r"password=\S+", "password=***", dsn))
+
+
+def _password_of(dsn: str) -> str | None:
+    """The password written in ``dsn`` (URL or ``key=value`` form), even in a DSN too malformed
+    for libpq to parse; ``None`` when there is none."""
+    found = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    if found:
+        return found.group(1).strip("'")
+    found = re.search(r"://[^:/@\s]*:(.*)@", dsn)
+    return found.group(1) if found else None
+
+
+def _scrub(text: str, dsn: str) -> str:
+    """``text`` (an error message) with ``dsn``'s password replaced by ``***`` wherever it
+    appears, in the DSN's own spelling or alone."""
+    password = _password_of(dsn)
+    if password:
+        text = text.replace(password, "***")
+    return _redact(text)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -354,6 +405,7 @@ class SQLLedger:
         the number stored. Returns only after the commit (durable)."""
         if not rows:
             return 0
+        rows = _nul_free(rows)
         b = self._b
         if b.dialect == "sqlite":
             if isinstance(b, _SQLiteBackend) and b.multi_values:

@@ -246,9 +246,13 @@ class JournaledStore:
         directory.mkdir(parents=True, exist_ok=True)
         if durability != "fast":
             self._log = MappedLog(directory, rotate_bytes)
-        self._stats["recovered"] = recover_journals(ledger, directory, skip=self._own_paths(),
-                                                    read_capture=self._reader())
         self._last_recovery = time.monotonic()
+        try:
+            self._stats["recovered"] = recover_journals(ledger, directory, skip=self._own_paths(),
+                                                        read_capture=self._reader())
+        except LedgerError as exc:  # the database is down: the drain recovers them once it is up
+            log.warning("jevons ledger: start-up recovery postponed: %s", exc)
+            self._last_recovery = float("-inf")
         self._thread = threading.Thread(target=self._run, name="jevons-ledger-drain", daemon=True)
         self._thread.start()
         if reopen is not None:
