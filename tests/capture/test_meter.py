@@ -424,3 +424,17 @@ def test_a_retried_record_counts_once_in_its_run(test_book: PriceBook) -> None:
         meter.record(model="gpt-4o-mini", usage=Usage(input_tokens=10), provider="openai",
                      idempotency_key="K")
     assert run.input_tokens == 10 and meter.stats()["events"] == 1
+
+
+def test_a_record_made_again_after_it_succeeded_counts_once(test_book: PriceBook) -> None:
+    """The same ``record()`` twice (a caller's retry after a timeout on its side): one event
+    stored, counted, added to its run and passed to the sinks once."""
+    seen: list[Event] = []
+    meter = Meter(book=test_book, ledger="memory", sinks=[seen.append])
+    with meter.run("r1", customer="acme") as run:
+        for _ in range(2):
+            meter.record(model="gpt-4o-mini", usage=Usage(input_tokens=1000), provider="openai",
+                         idempotency_key="job-1")
+    assert len(meter.events()) == 1 and len(seen) == 1
+    assert (meter.stats()["events"], meter.stats()["duplicates"]) == (1, 1)
+    assert run.input_tokens == 1000 and run.cost_usd == seen[0].cost.total_usd

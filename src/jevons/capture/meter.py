@@ -301,7 +301,7 @@ class Meter:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
             ("events", "ok", "error", "aborted", "unattributed", "needs_review", "unpriced",
-             "estimated", "incomplete", "blocked", "errors", "unstored"), 0)
+             "estimated", "incomplete", "blocked", "errors", "unstored", "duplicates"), 0)
         self._errors_by_kind: dict[str, int] = {}
         self._backlog: list[Event] = []  # events the store refused; retried on the next append
         self._closed = False
@@ -647,9 +647,12 @@ class Meter:
             status=status, error=error, region=call.region,
         )
         # stored first: a record() whose store failed raises here, so its retry (same
-        # idempotency key) is what counts in the run and the stats, once
-        if store:
-            self._store(event, strict)
+        # idempotency key) is what counts in the run and the stats, once; a record() made again
+        # after it succeeded is stored once and counted, billed and sent to the sinks once
+        if store and not self._store(event, strict):
+            with self._lock:
+                self._counts["duplicates"] += 1
+            return event
         for sink in self.sinks:
             try:
                 sink(event)
@@ -672,15 +675,16 @@ class Meter:
                 counts[cost_status] += 1
         return event
 
-    def _store(self, event: Event, strict: bool) -> None:
+    def _store(self, event: Event, strict: bool) -> bool:
         """Store (durable before this returns). A store failure keeps the event in a backlog
         retried on the next append; for ``record()`` (``strict``) it is also raised, since the
         caller asked for an acknowledgement (retrying with the same idempotency key is safe).
-        A wrapped call is never broken: the failure is only counted."""
-        if self._backlog:
-            self._flush_backlog()
+        A wrapped call is never broken: the failure is only counted. False: the store already
+        had this idempotency key (and not from this meter's backlog: then this is the retry
+        of a ``record()`` that raised, which counts)."""
+        flushed = self._flush_backlog() if self._backlog else frozenset()
         try:
-            self.store.append(event)
+            return self.store.append(event) or event.idempotency_key in flushed
         except Exception as exc:
             with self._lock:
                 self._backlog.append(event)
@@ -688,17 +692,22 @@ class Meter:
             self._error(exc, "store")
             if strict:
                 raise
+            return True
 
-    def _flush_backlog(self) -> None:
+    def _flush_backlog(self) -> frozenset[str]:
+        """Store the backlog; the idempotency keys stored."""
         with self._lock:
             pending, self._backlog = self._backlog, []
+        stored: set[str] = set()
         for i, event in enumerate(pending):
             try:
-                self.store.append(event)
+                if self.store.append(event):
+                    stored.add(event.idempotency_key)
             except Exception:
                 with self._lock:
                     self._backlog[:0] = pending[i:]
-                return
+                break
+        return frozenset(stored)
 
     def _error(self, exc: BaseException, kind: str) -> None:
         """Count, log and report an instrumentation error. Never raises."""
