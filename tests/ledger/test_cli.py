@@ -106,3 +106,68 @@ def test_outbox_status_drain_replay(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         replay = runner.invoke(app, ["outbox", "replay", "--dead-letter", "--sink", "lago"])
         assert replay.exit_code == 0 and "lago: replayed 1" in replay.stdout
         assert len(fake.keys) == 30
+
+
+def test_outbox_dead_letters_lists_each_refused_event_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sinks.fakes import FakeBilling
+
+    led = open_ledger(load_settings())
+    led.append_many([make_event(i, key=f"key-{i}", customer=f"sub_{i}") for i in range(6)])
+    led.close()
+    with FakeBilling() as fake:
+        fake.state.poison.update({"key-2:", "key-4:"})
+        cfg = tmp_path / "jevons.toml"
+        cfg.write_text(f'[sinks.lago]\ntype = "lago"\nurl = "{fake.url}"\n'
+                       f'[sinks.file]\ntype = "jsonl"\npath = "{tmp_path / "out.jsonl"}"\n')
+        monkeypatch.setenv("JEVONS_CONFIG", str(cfg))
+        drained = runner.invoke(app, ["outbox", "drain"])
+        assert drained.exit_code == 0, drained.output
+        assert "lago: delivered 4, dead-lettered 2" in drained.stdout
+    listed = runner.invoke(app, ["outbox", "dead-letters", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(r["sink"], r["idempotency_key"], r["customer"]) for r in rows] == [
+        ("lago", "key-2", "sub_2"), ("lago", "key-4", "sub_4")]
+    assert all("HTTP 422" in r["error"] and r["seq"] > 0 and r["parked_at"] for r in rows)
+    # the reason also stays in the status (before, the drain cleared last_error)
+    status = {r["sink"]: r for r in json.loads(runner.invoke(app, ["outbox", "status", "--json"]).stdout)}
+    assert "HTTP 422" in (status["lago"]["last_error"] or "")
+    monkeypatch.setenv("COLUMNS", "250")
+    table = runner.invoke(app, ["outbox", "dead-letters", "--sink", "lago"])
+    assert table.exit_code == 0, table.output
+    assert "key-4" in table.stdout and "sub_2" in table.stdout and "HTTP 422" in table.stdout
+    none = runner.invoke(app, ["outbox", "dead-letters", "--sink", "file"])
+    assert none.exit_code == 0 and "no dead-lettered events" in none.stdout
+    unknown = runner.invoke(app, ["outbox", "dead-letters", "--sink", "nope"])
+    assert unknown.exit_code == 1 and "no sink named 'nope'" in unknown.output
+
+
+def test_status_and_dead_letters_need_no_secrets_drain_and_replay_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading counters is reading the ledger; only sending needs the sinks' secrets."""
+    _seed(3)
+    cfg = tmp_path / "jevons.toml"
+    cfg.write_text('[sinks.lago]\ntype = "lago"\nurl = "http://127.0.0.1:9"\napi_key_env = "UNSET_LAGO_KEY"\n'
+                   '[sinks.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:9/h"\n'
+                   'secret_env = "UNSET_HOOK_SECRET"\n'
+                   '[sinks.stripe]\ntype = "stripe"\napi_key_env = "UNSET_STRIPE_KEY"\n')
+    monkeypatch.setenv("JEVONS_CONFIG", str(cfg))
+    for name in ("UNSET_LAGO_KEY", "UNSET_HOOK_SECRET", "UNSET_STRIPE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    status = runner.invoke(app, ["outbox", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    rows = {r["sink"]: r for r in json.loads(status.stdout)}
+    assert {n: (r["kind"], r["pending"]) for n, r in rows.items()} == {
+        "lago": ("lago", 4), "hook": ("webhook", 4), "stripe": ("stripe", 4)}
+    monkeypatch.setenv("COLUMNS", "200")
+    table = runner.invoke(app, ["outbox", "status"])
+    assert table.exit_code == 0 and "hook (webhook)" in table.stdout
+    dead = runner.invoke(app, ["outbox", "dead-letters", "--json"])
+    assert dead.exit_code == 0 and json.loads(dead.stdout) == []
+    for args in (["outbox", "drain"], ["outbox", "replay", "--dead-letter"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert "UNSET_LAGO_KEY is not set" in result.output and "Traceback" not in result.output

@@ -1,7 +1,8 @@
 """A local HTTP server playing Lago, Stripe's meter event stream, OpenMeter and a webhook
 receiver, with the faults a billing API shows: 500s, 429 + Retry-After, timeouts, connection
-resets, a 422 for poisoned events, a slow server. It deduplicates on each API's idempotency
-field, as the real services do, and counts every record it was sent.
+resets, a 422 for poisoned events, a slow server, any status (with headers) for every request.
+It deduplicates on each API's idempotency field, as the real services do, and counts every
+record it was sent.
 
 Run as a script (``python fakes.py PORT STATE_FILE [--die-after-records N]``) it persists what
 it accepted to ``STATE_FILE`` and can kill itself with SIGKILL in the middle of a batch: the
@@ -47,6 +48,7 @@ class FakeState:
     poison: set[str] = field(default_factory=set)
     delay_s: float = 0.0
     outage: int | None = None  # answer every request with this status while set
+    outage_headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After, Location
     duplicate_422: bool = False
     request_times: list[float] = field(default_factory=list)
     keep_bodies: bool = True
@@ -113,7 +115,7 @@ class Handler(BaseHTTPRequestHandler):
                               "authentication_token": "mes_tok_1", "expires_at": "2099-01-01T00:00:00Z"})
             return
         if st.outage is not None:
-            self._reply(st.outage, {"error": "down for maintenance"})
+            self._reply(st.outage, {"error": "down for maintenance"}, st.outage_headers)
             return
         if fault is not None:
             if fault.kind in ("500", "503"):

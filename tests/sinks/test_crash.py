@@ -158,3 +158,83 @@ def test_sink_killed_mid_batch(ledger: object, tmp_path: Path) -> None:
     assert len(lines) == len(held) == 1500, "a record was stored twice"
     assert set(held) == {e.idempotency_key for e in events}
     box.close()
+
+
+CRASHER = textwrap.dedent(
+    """
+    import os, sys
+    from jevons import Meter
+
+    meter = Meter()
+    first, n = int(sys.argv[1]), int(sys.argv[2])
+    for i in range(first, first + n):
+        meter.record(model="gpt-4o", provider="openai", customer="acme",
+                     usage={"input_tokens": 10 + i}, idempotency_key=f"crash-{i}")
+    sys.stdout.write("recorded\\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), 9)  # every record() returned: all of them are acknowledged
+    """
+)
+
+
+def test_cli_recovers_a_killed_recorders_log_before_draining_or_listing(
+    backend: str, dsn_for: str | None, tmp_path: Path, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No ``Meter`` starts after the kill: ``jevons outbox drain`` and ``jevons events`` alone
+    must store the dead process's append log first (before, they read the database only)."""
+    import json
+    import uuid
+
+    from typer.testing import CliRunner
+
+    from jevons.cli.app import app
+    from jevons.ledger import open_ledger
+
+    out = tmp_path / "archive.jsonl"
+    config = tmp_path / "jevons.toml"
+    config.write_text(f'[sinks.archive]\ntype = "jsonl"\npath = "{out}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JEVONS_")}
+    env.update({
+        "JEVONS_HOME": str(tmp_path / "home"),
+        "JEVONS_CONFIG": str(config),
+        "JEVONS_LEDGER__BACKEND": backend,
+        # the recorder's drain thread does not commit before the kill: the events are in its log only
+        "JEVONS_LEDGER__FLUSH_INTERVAL_MS": "600000",
+        "PYTHONPATH": str(REPO / "src"),
+    })
+    if backend == "postgres":
+        assert dsn_for is not None
+        env["JEVONS_LEDGER__DSN"] = dsn_for
+        env["JEVONS_LEDGER__PG_SCHEMA"] = request.getfixturevalue("pg_run_schema")
+        env["JEVONS_LEDGER__TABLE_PREFIX"] = f"cc{uuid.uuid4().hex[:8]}_"
+    for k, v in env.items():
+        if k.startswith("JEVONS_"):
+            monkeypatch.setenv(k, v)
+    journal = tmp_path / "home" / "ledger" / "journal"
+
+    def crash(first: int, n: int) -> None:
+        done = subprocess.run([sys.executable, "-c", CRASHER, str(first), str(n)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == -signal.SIGKILL and "recorded" in done.stdout, done.stderr[-2000:]
+        assert list(journal.glob("*/*.jnl")), "the killed process left no log"
+        ledger = open_ledger(load_settings())
+        try:
+            assert ledger.count() == first  # its events are in its log, not in the database
+        finally:
+            ledger.close()
+
+    runner = CliRunner()
+    crash(0, 40)
+    drained = runner.invoke(app, ["outbox", "drain"])
+    assert drained.exit_code == 0, drained.output
+    assert "archive: delivered 40" in drained.stdout
+    assert sorted(json.loads(line)["idempotency_key"] for line in out.read_text().splitlines()) == \
+        sorted(f"crash-{i}" for i in range(40))
+    assert not list(journal.glob("*/*.jnl"))
+
+    crash(40, 25)
+    listed = runner.invoke(app, ["events", "--json", "--limit", "0"])
+    assert listed.exit_code == 0, listed.output
+    keys = [json.loads(line)["idempotency_key"] for line in listed.stdout.splitlines()]
+    assert sorted(keys) == sorted(f"crash-{i}" for i in range(65))

@@ -3,13 +3,14 @@ server, a long outage. The sink must end up with every event exactly once."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jevons.ledger.database import SQLLedger
-from jevons.sinks.base import parse_retry_after
+from jevons.sinks.base import RejectedError, SinkUnavailable, TransientError, parse_retry_after
 from jevons.sinks.lago import LagoSink
 from jevons.sinks.openmeter import OpenMeterSink
 from jevons.sinks.outbox import Outbox, RetryPolicy
@@ -240,3 +241,116 @@ def test_replay_counts_an_event_the_sink_still_cannot_prepare(sqlite_only: SQLLe
     replay = box.replay_dead_letters("fussy")
     assert (replay.delivered, replay.dead_lettered) == (2, 0)
     assert sqlite_only.parked("fussy") == []
+
+
+# -- a long Retry-After under OutboxWorker ---------------------------------------------------
+def test_worker_leaves_a_sink_alone_for_its_retry_after_and_keeps_draining_the_others(
+    ledger: SQLLedger, fake: FakeBilling
+) -> None:
+    """The worker's drains are bounded (5 s here); a Retry-After of 60 s stops one at once. The
+    next pass must not ask again before the minute is up, while the other sink keeps going."""
+    from jevons.sinks.outbox import OutboxWorker
+
+    keys = _fill(ledger, 10)
+    fake.state.outage = 429
+    fake.state.outage_headers = {"Retry-After": "60"}
+    with FakeBilling() as healthy:
+        box = Outbox(ledger, {"lago": _lago(fake), "om": OpenMeterSink("om", healthy.url, None)},
+                     retry=FAST)
+        worker = OutboxWorker(box, interval_s=0.05).start()
+        try:
+            time.sleep(0.6)
+            more = _fill(ledger, 5)  # arrives while lago waits: om must still deliver it
+            time.sleep(0.6)
+        finally:
+            worker.stop()
+        assert {k.split("|")[1] for k in healthy.keys} == keys | more
+    assert fake.state.requests == 1, f"asked {fake.state.requests} times within its Retry-After"
+    assert "Retry-After 60s" in (ledger.sink_state("lago").last_error or "")
+    assert ledger.sink_state("lago").position == 0  # nothing skipped
+    assert worker.not_before["lago"] > time.monotonic() + 55
+
+
+def test_worker_asks_again_once_the_capped_retry_after_has_passed(
+    sqlite_only: SQLLedger, fake: FakeBilling
+) -> None:
+    """``max_retry_after_s`` caps what the worker honours, as it caps the drain's own waits."""
+    from jevons.sinks.outbox import OutboxWorker
+
+    keys = _fill(sqlite_only, 4)
+    fake.state.outage = 429
+    fake.state.outage_headers = {"Retry-After": "3600"}
+    now = [1000.0]
+    box = Outbox(sqlite_only, {"lago": _lago(fake)},
+                 retry=RetryPolicy(base_s=0.001, max_s=0.01, max_attempts=6, max_retry_after_s=30))
+    worker = OutboxWorker(box, interval_s=0.05, clock=lambda: now[0])
+    (first,) = worker.run_once()
+    assert first.retry_after_s == 30 and fake.state.requests == 1
+    now[0] += 29.9
+    assert worker.run_once() == [] and fake.state.requests == 1
+    fake.state.outage = None
+    now[0] += 0.2
+    (second,) = worker.run_once()
+    assert second.delivered == 4 and fake.keys == keys
+    assert "lago" not in worker.not_before
+
+
+# -- what a status code means ---------------------------------------------------------------
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_stops_the_drain_and_dead_letters_nothing(
+    ledger: SQLLedger, fake: FakeBilling, status: int
+) -> None:
+    """A moved endpoint is the sink's configuration, not 50 bad events: before, 3xx was a
+    per-event refusal and bisection dead-lettered the whole backlog."""
+    keys = _fill(ledger, 50)
+    fake.state.outage = status
+    fake.state.outage_headers = {"Location": "https://new.example/api/v1/events/batch"}
+    box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST)
+    report = box.drain("lago")
+    assert (report.delivered, report.dead_lettered) == (0, 0)
+    assert report.stopped and f"HTTP {status}" in report.stopped and "redirect" in report.stopped
+    assert fake.state.requests == 1  # no bisection, no retries
+    assert ledger.parked_counts("lago") == {} and ledger.sink_state("lago").position == 0
+    error = ledger.sink_state("lago").last_error or ""
+    assert "https://new.example/" in error and "url" in error
+    fake.state.outage = None  # the url fixed (here: the server back)
+    assert box.drain("lago").delivered == 50 and fake.keys == keys
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (301, SinkUnavailable), (308, SinkUnavailable), (401, SinkUnavailable), (402, SinkUnavailable),
+    (404, SinkUnavailable), (405, SinkUnavailable), (410, SinkUnavailable), (415, SinkUnavailable),
+    (418, SinkUnavailable), (400, RejectedError), (409, RejectedError), (413, RejectedError),
+    (422, RejectedError), (408, TransientError), (425, TransientError), (429, TransientError),
+    (500, TransientError), (503, TransientError),
+])
+def test_status_classification(fake: FakeBilling, status: int, outcome: type[Exception]) -> None:
+    """Only statuses about the request's content refuse events (dead letters); every other
+    non-2xx that is not "try later" is about the sink itself and stops the drain."""
+    fake.state.outage = status
+    sink = _lago(fake)
+    try:
+        with pytest.raises(outcome):
+            sink.send([{"transaction_id": "t1"}])
+    finally:
+        sink.close()
+
+
+def test_a_drain_that_dead_letters_keeps_the_reason_as_last_error(
+    ledger: SQLLedger, fake: FakeBilling
+) -> None:
+    """Before, any drain that dead-lettered something cleared ``last_error``: the 422 text was
+    nowhere to be seen."""
+    keys = _fill(ledger, 20)
+    poisoned = sorted(keys)[3]
+    fake.state.poison.add(poisoned)
+    box = Outbox(ledger, {"lago": _lago(fake)}, retry=FAST)
+    report = box.drain("lago")
+    assert (report.delivered, report.dead_lettered) == (19, 1)
+    (st,) = box.status()
+    assert st.dead_lettered == 1
+    assert st.last_error and "dead-lettered 1 event" in st.last_error and "HTTP 422" in st.last_error
+    _fill(ledger, 2)
+    assert box.drain("lago").delivered == 2  # a clean drain clears it; the list stays
+    (st,) = box.status()
+    assert st.last_error is None and st.dead_lettered == 1

@@ -1,4 +1,12 @@
-"""CLI commands of the ledger layer: ``jevons events``, ``jevons reprice``, ``jevons outbox ...``."""
+"""CLI commands of the ledger layer: ``jevons events``, ``jevons reprice``, ``jevons outbox ...``.
+
+Every command that reads the ledger opens it through ``jevons.ledger.open_recovered_ledger`` (or
+``open_outbox``, which does the same): the append logs of processes killed on this host are
+stored first, so what they acknowledged is shown and delivered without waiting for a ``Meter``
+to start. ``outbox status`` and ``outbox dead-letters`` read the ledger only: they take sink
+names and types from the config and need none of the sinks' secrets; ``drain`` and ``replay``
+build the sinks and fail, naming the variable, when a secret is not set.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from jevons.config import Settings
+    from jevons.ledger.database import SQLLedger
     from jevons.sinks.outbox import Outbox
 
 __all__ = ["parse_time", "register"]
@@ -77,26 +87,36 @@ def _progress() -> Progress:
     )
 
 
-def _open_outbox(sink: str | None) -> Outbox:
-    """The configured outbox; Lago price mode bills the policy's charge when ``[billing]
-    policy_file`` is set (``PolicyRuntime.amount_for``), else cost x ``[billing] markup``."""
-    from jevons.config import load_settings
-    from jevons.policy.runtime import runtime_from_settings
-    from jevons.sinks import open_outbox
-
-    settings = load_settings()
-    runtime = runtime_from_settings(settings)
-    return open_outbox(settings, only=sink, amount_for=runtime.amount_for if runtime else None)
-
-
 @contextmanager
 def _outbox_session(sink: str | None) -> Iterator[Outbox]:
-    box = _open_outbox(sink)
+    """The configured outbox, as ``open_outbox`` builds it for every drainer (Lago price mode
+    bills the policy's charge when ``[billing] policy_file`` is set, else cost x markup)."""
+    from jevons.config import load_settings
+    from jevons.sinks import open_outbox
+
+    box = open_outbox(load_settings(), only=sink)
     try:
         yield box
     finally:
         box.close()
         box.ledger.close()
+
+
+@contextmanager
+def _ledger_session(settings: Settings | None = None) -> Iterator[SQLLedger]:
+    """The ledger database, crashed processes' append logs recovered first."""
+    from jevons.config import load_settings
+    from jevons.ledger import open_recovered_ledger
+
+    ledger = open_recovered_ledger(settings or load_settings())
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _utc(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _echo_report(line: str, stopped: str | None) -> bool:
@@ -116,15 +136,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per sink: pending events, oldest pending age, dead-lettered, held, last error."""
         from jevons.config import load_settings
-        from jevons.sinks import open_outbox
+        from jevons.sinks import sink_kinds
+        from jevons.sinks.outbox import sink_statuses
 
         with _errors():
-            box = open_outbox(load_settings())
-            try:
-                rows = box.status()
-            finally:
-                box.close()
-                box.ledger.close()
+            settings = load_settings()
+            kinds = sink_kinds(settings)
+            with _ledger_session(settings) as ledger:
+                rows = sink_statuses(ledger, kinds)
         if as_json:
             typer.echo(json.dumps([_slots(r) for r in rows], indent=2))
             return
@@ -141,6 +160,49 @@ def register(app: typer.Typer) -> None:
             table.add_row(f"{r.sink} ({r.kind})", str(r.pending), _age(r.oldest_pending_age_s),
                           str(r.delivered), str(r.dead_lettered), str(r.waiting_for_price),
                           str(r.unattributed), err)
+        Console().print(table)
+
+    @outbox.command("dead-letters")
+    def outbox_dead_letters(
+        sink: Annotated[str | None, typer.Option("--sink", help="Only this sink.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """Dead-lettered events, per sink, with the reason the sink refused each."""
+        from jevons.config import load_settings
+        from jevons.sinks import sink_kinds
+        from jevons.sinks.outbox import DEAD_LETTER
+
+        rows: list[dict[str, Any]] = []
+        with _errors():
+            settings = load_settings()
+            kinds = sink_kinds(settings, only=sink)
+            with _ledger_session(settings) as ledger:
+                for name in kinds:
+                    parked = ledger.parked(name, DEAD_LETTER)
+                    events = dict(ledger.events_by_seq([p.seq for p in parked]))
+                    for p in parked:
+                        event = events.get(p.seq)
+                        rows.append({
+                            "sink": name, "seq": p.seq,
+                            "idempotency_key": event.idempotency_key if event else None,
+                            "customer": event.customer if event else None,
+                            "parked_at": datetime.fromtimestamp(p.parked_at_us / 1e6, UTC).isoformat(),
+                            "parked_at_us": p.parked_at_us,
+                            "error": p.error,
+                        })
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            typer.echo("no dead-lettered events")
+            return
+        table = Table(title=f"jevons dead-lettered events ({len(rows)})")
+        for col in ("sink", "seq", "idempotency key", "customer", "parked at (UTC)", "error"):
+            table.add_column(col, justify="right" if col == "seq" else "left",
+                             no_wrap=col in ("sink", "seq", "parked at (UTC)"))
+        for r in rows:
+            table.add_row(r["sink"], str(r["seq"]), r["idempotency_key"] or "-", r["customer"] or "-",
+                          _utc(r["parked_at_us"]), r["error"] or "-")
         Console().print(table)
 
     @outbox.command("drain")
@@ -204,8 +266,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     ) -> None:
         """Events in the ledger, oldest first."""
-        from jevons.config import load_settings
-        from jevons.ledger import EventQuery, open_ledger
+        from jevons.ledger import EventQuery
 
         with _errors():
             q = EventQuery(
@@ -214,11 +275,8 @@ def register(app: typer.Typer) -> None:
                 until=parse_time(until) if until else None,
                 run_id=run, model=model, status=status, limit=limit or None,
             )
-            ledger = open_ledger(load_settings())
-            try:
+            with _ledger_session() as ledger:
                 found = ledger.query(q)
-            finally:
-                ledger.close()
         if as_json:
             out = sys.stdout
             for e in found:
@@ -242,17 +300,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Price unpriced events whose price has appeared (old costs kept for audit)."""
         from jevons import default_book
-        from jevons.config import load_settings
-        from jevons.ledger import open_ledger
         from jevons.ledger.reprice import reprice
 
-        with _errors():
-            ledger = open_ledger(load_settings())
-            try:
-                book = default_book()
-                report = reprice(ledger, book, dry_run=dry_run)
-            finally:
-                ledger.close()
+        with _errors(), _ledger_session() as ledger:
+            book = default_book()
+            report = reprice(ledger, book, dry_run=dry_run)
         verb = "would reprice" if dry_run else "repriced"
         typer.echo(f"{verb} {report.repriced} of {report.examined} unpriced events; "
                    f"{report.still_unpriced} still without a price")

@@ -3,7 +3,8 @@
 - ``open_store(settings)``: the store ``Meter`` appends to on every call (an append log drained
   into the database; ``append`` returns once the event survives the death of the process).
 - ``open_ledger(settings)``: the database itself (``SQLLedger``), for queries, re-pricing and
-  the outbox.
+  the outbox; ``open_recovered_ledger(settings)`` the same after storing the logs of crashed
+  processes (what reads or delivers events without a ``Meter`` must use it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from jevons.ledger.database import SQLLedger
 
 __all__ = [
-    "EventQuery", "EventStore", "MemoryStore", "ledger_identity", "open_ledger", "open_store", "resolve_dsn",
+    "EventQuery", "EventStore", "MemoryStore", "ledger_identity", "open_ledger", "open_recovered_ledger",
+    "open_store", "resolve_dsn",
 ]
 
 log = logging.getLogger("jevons.ledger")
@@ -71,6 +73,25 @@ def ledger_identity(settings: Settings) -> str:
 def _sqlite_path(settings: Settings) -> Path:
     cfg = settings.ledger
     return Path(cfg.path).expanduser() if cfg.path else settings.home_dir / "ledger" / "ledger.db"
+
+
+def open_recovered_ledger(settings: Settings) -> SQLLedger:
+    """The ledger database, after storing the append logs that crashed processes of this host
+    left in ``JEVONS_HOME`` (``jevons.ledger.journal.recover_journals``, the recovery a
+    ``Meter`` runs when it starts; logs of live processes are left alone).
+
+    Events a killed process acknowledged are in its log, not yet in the database: whatever
+    reads or delivers events without starting a ``Meter`` (``jevons events``, ``jevons outbox
+    drain``, a drainer service) must recover first, or it neither sees nor delivers them."""
+    from jevons.ledger.journal import recover_journals
+
+    ledger = open_ledger(settings)
+    try:
+        recover_journals(ledger, journal_dir(settings, ledger))
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger
 
 
 def journal_dir(settings: Settings, ledger: SQLLedger | None = None) -> Path:

@@ -2,7 +2,14 @@
 
 ``build_sinks(settings)`` makes one sink per enabled ``[sinks.<name>]`` table;
 ``open_outbox(settings)`` pairs them with the ledger. Secrets come only from the environment
-variables the config names (``api_key_env``, ``secret_env``).
+variables the config names (``api_key_env``, ``secret_env``), and only building a sink reads
+them: what only reads the ledger (``sink_kinds`` + ``outbox.sink_statuses``, the parked
+events) needs the config alone.
+
+``open_outbox`` is the one place that turns settings into an outbox, so every drainer built
+from the same settings (``jevons outbox drain``, an ``OutboxWorker`` in a service) bills the
+same amount in Lago price mode: the policy engine's (``[billing] policy_file``) when one is
+configured, else ``cost x [billing] markup``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from typing import TYPE_CHECKING
 from jevons.sinks.base import Hold, RejectedError, Sink, SinkUnavailable, TransientError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from jevons.config import Settings, SinkConfig
     from jevons.sinks.lago import AmountFor
     from jevons.sinks.outbox import Outbox
@@ -28,6 +37,7 @@ __all__ = [
     "build_sink",
     "build_sinks",
     "open_outbox",
+    "sink_kinds",
 ]
 
 _DEFAULT_URLS = {
@@ -99,36 +109,74 @@ def build_sink(name: str, cfg: SinkConfig, settings: Settings, *,
         raise ConfigError(f"sinks.{name}: {exc}") from exc
 
 
-def build_sinks(settings: Settings, *, amount_for: AmountFor | None = None,
-                only: str | None = None) -> dict[str, Sink]:
-    """The enabled sinks of ``settings`` (or just ``only``)."""
+def _selected(settings: Settings, only: str | None) -> dict[str, SinkConfig]:
+    """The enabled sink tables of ``settings``, or just ``only`` (enabled or not)."""
     from jevons.config import ConfigError
 
     if only is not None and only not in settings.sinks:
         known = ", ".join(settings.sinks) or "none"
         raise ConfigError(f"no sink named {only!r} in the config (configured: {known})")
     return {
-        name: build_sink(name, cfg, settings, amount_for=amount_for)
-        for name, cfg in settings.sinks.items()
+        name: cfg for name, cfg in settings.sinks.items()
         if (only is None and cfg.enabled) or name == only
     }
 
 
+def build_sinks(settings: Settings, *, amount_for: AmountFor | None = None,
+                only: str | None = None) -> dict[str, Sink]:
+    """The enabled sinks of ``settings`` (or just ``only``)."""
+    return {
+        name: build_sink(name, cfg, settings, amount_for=amount_for)
+        for name, cfg in _selected(settings, only).items()
+    }
+
+
+def sink_kinds(settings: Settings, *, only: str | None = None) -> dict[str, str]:
+    """Name -> type of the sinks ``build_sinks`` would build, from the config alone (no secret
+    read): what ``jevons outbox status`` and ``dead-letters`` show."""
+    return {name: cfg.type for name, cfg in _selected(settings, only).items()}
+
+
+def _bills_amounts(settings: Settings, only: str | None) -> bool:
+    """Whether a selected sink sends an amount (Lago price mode) rather than token counts."""
+    return any(cfg.type == "lago" and cfg.mode == "price" for cfg in _selected(settings, only).values())
+
+
 def open_outbox(settings: Settings | None = None, *, amount_for: AmountFor | None = None,
                 only: str | None = None) -> Outbox:
-    """The ledger and the configured sinks, each with the retry policy of its config table.
+    """The ledger (crashed processes' logs recovered first, see ``open_recovered_ledger``) and
+    the configured sinks, each with the retry policy of its config table.
 
-    ``amount_for`` (USD charge of one event) feeds Lago price mode; the policy engine passes
-    its own (``PolicyRuntime.amount_for``), the default is ``cost x [billing] markup``."""
+    ``amount_for`` (USD charge of one event) feeds Lago price mode. By default it is the policy
+    engine's (``runtime_from_settings(settings).amount_for``) when ``[billing] policy_file`` is
+    set, else ``cost x [billing] markup``: the same rule for every caller, the CLI included.
+    ``Outbox.close`` closes the policy store opened for it."""
     from jevons.config import load_settings
-    from jevons.ledger import open_ledger
+    from jevons.ledger import open_recovered_ledger
     from jevons.sinks.outbox import Outbox, RetryPolicy
 
     settings = settings or load_settings()
-    sinks = build_sinks(settings, amount_for=amount_for, only=only)
-    retries = {
-        name: RetryPolicy(base_s=cfg.backoff_base_seconds, max_s=cfg.backoff_max_seconds,
-                          max_attempts=cfg.max_attempts)
-        for name, cfg in settings.sinks.items() if name in sinks
-    }
-    return Outbox(open_ledger(settings), sinks, retries=retries)
+    on_close: list[Callable[[], None]] = []
+    if amount_for is None and _bills_amounts(settings, only):
+        from jevons.policy.runtime import runtime_from_settings
+
+        runtime = runtime_from_settings(settings)
+        if runtime is not None:
+            amount_for = runtime.amount_for
+            on_close.append(runtime.store.close)
+    sinks: dict[str, Sink] = {}
+    try:
+        sinks = build_sinks(settings, amount_for=amount_for, only=only)
+        retries = {
+            name: RetryPolicy(base_s=cfg.backoff_base_seconds, max_s=cfg.backoff_max_seconds,
+                              max_attempts=cfg.max_attempts)
+            for name, cfg in settings.sinks.items() if name in sinks
+        }
+        ledger = open_recovered_ledger(settings)
+    except BaseException:
+        for sink in sinks.values():
+            sink.close()
+        for fn in on_close:
+            fn()
+        raise
+    return Outbox(ledger, sinks, retries=retries, on_close=on_close)

@@ -4,13 +4,18 @@ A sink turns one ledger event into zero or more wire records (``prepare``), and 
 of records (``send``). It never retries by itself: the outbox owns retries, backoff, cursors
 and the dead-letter list. ``send`` raises:
 
-- ``TransientError`` (5xx, 429, 408, timeouts, connection errors; ``retry_after`` when the
-  server said ``Retry-After``): the batch is retried later, nothing is skipped;
-- ``RejectedError`` (400/409/413/422): the server refused something in the batch for good;
-  ``indexes`` names the refused records when the server said which, else the outbox bisects
-  the batch to find them; a refused event goes to the dead-letter list;
-- ``SinkUnavailable`` (401/403/404, bad configuration): nothing in the batch is at fault;
-  the drain stops with the error recorded, the backlog stays.
+- ``TransientError`` (5xx, 429, 408, 425, timeouts, connection errors; ``retry_after`` when
+  the server said ``Retry-After``): the batch is retried later, nothing is skipped;
+- ``RejectedError`` (400/409/413/422 only, the statuses that are about the request's content):
+  the server refused something in the batch for good; ``indexes`` names the refused records
+  when the server said which, else the outbox bisects the batch to find them; a refused event
+  goes to the dead-letter list (413: bisection finds the event too large to send alone);
+- ``SinkUnavailable`` (every other status: 3xx, 401/403/404/405 and the rest of 4xx, bad
+  configuration): nothing in the batch is at fault; the drain stops with the error recorded,
+  the backlog stays. A redirect is one of these: a moved endpoint is the config's ``url`` to
+  fix, and a redirected POST is not safe to follow blindly. Dead-lettering is a verdict on an
+  event, so only a status that is one may produce it: an unknown status stops the drain, which
+  loses nothing, instead of emptying the backlog into the dead-letter list.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import httpx
 from jevons.events import Event
 
 __all__ = [
+    "REJECTING_STATUSES",
+    "TRANSIENT_STATUSES",
     "Hold",
     "HttpSink",
     "RejectedError",
@@ -39,6 +46,11 @@ __all__ = [
 ]
 
 Record = dict[str, Any]
+
+#: answers that say "later": the batch is retried (with ``Retry-After`` when given)
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+#: answers about the request's content: the refused events are dead-lettered
+REJECTING_STATUSES = frozenset({400, 409, 413, 422})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +146,16 @@ class HttpSink:
         if status < 300:
             return response
         detail = f"HTTP {status}: {response.text[:300]}"
-        if status == 429 or status == 408 or status >= 500:
+        if status in TRANSIENT_STATUSES or status >= 500:
             raise TransientError(detail, parse_retry_after(response.headers.get("retry-after")))
-        if status in (401, 403, 404, 405):
-            raise SinkUnavailable(detail)
-        indexes, already = self._rejected_indexes(response)
-        raise RejectedError(detail, indexes, already)
+        if status in REJECTING_STATUSES:
+            indexes, already = self._rejected_indexes(response)
+            raise RejectedError(detail, indexes, already)
+        if 300 <= status < 400:
+            where = response.headers.get("location", "")[:300] or "no Location given"
+            raise SinkUnavailable(f"HTTP {status}: the sink's url redirects ({where}); redirects are "
+                                  "not followed: set the sink's url to the new endpoint")
+        raise SinkUnavailable(detail)
 
     def _rejected_indexes(self, response: httpx.Response) -> tuple[dict[int, str] | None, set[int]]:
         """Which records of the batch the server refused (and which it already had), when its

@@ -13,6 +13,12 @@ sends them in batches, and commits the new cursor together with the events it pa
 Transient failures (5xx, 429, timeouts, resets) are retried with exponential backoff and
 jitter, waiting at least what ``Retry-After`` asked; after ``max_attempts`` the drain stops with
 the error recorded and the cursor where it was: the backlog waits on disk for the next drain.
+A ``Retry-After`` longer than the drain may wait (``max_seconds``) stops it at once, and the
+report says how long the server asked for (``retry_after_s``): ``OutboxWorker`` leaves that sink
+alone until then, so a server that says "come back in a minute" gets no request before.
+A drain that dead-lettered events records the first refusal as the sink's ``last_error`` (and
+``jevons outbox dead-letters`` lists every parked event with its reason): a refused event must
+not go unnoticed because the rest of its batch went through.
 A crash after a send and before the cursor commit sends that chunk again; every record carries
 the event's idempotency key, so the sink keeps one copy.
 """
@@ -34,7 +40,7 @@ from jevons.ledger.database import SQLLedger
 from jevons.ledger.schema import now_us
 from jevons.sinks.base import Hold, Record, RejectedError, Sink, SinkUnavailable, TransientError
 
-__all__ = ["DrainReport", "Outbox", "OutboxWorker", "RetryPolicy", "SinkStatus"]
+__all__ = ["DrainReport", "Outbox", "OutboxWorker", "RetryPolicy", "SinkStatus", "sink_statuses"]
 
 log = logging.getLogger("jevons.sinks")
 
@@ -55,9 +61,15 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         cap = min(self.max_s, self.base_s * self.factor ** max(attempt - 1, 0))
         wait = cap / 2 + rng.uniform(0, cap / 2)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_retry_after_s))
+        capped = self.retry_after(retry_after)
+        if capped is not None:
+            wait = max(wait, capped)
         return wait
+
+    def retry_after(self, asked: float | None) -> float | None:
+        """What a server's ``Retry-After`` is honoured as: at most ``max_retry_after_s`` (a
+        misconfigured server must not park a sink for days)."""
+        return None if asked is None else min(asked, self.max_retry_after_s)
 
 
 @dataclass(slots=True)
@@ -71,6 +83,10 @@ class DrainReport:
     stopped: str | None = None
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    #: the drain stopped on a ``Retry-After`` (capped): seconds before the sink may be asked again
+    retry_after_s: float | None = None
+    #: the reason the first event of this drain was dead-lettered with
+    dead_letter_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +105,12 @@ class SinkStatus:
 
 
 class _Stop(Exception):
-    """The sink is down (retries exhausted) or refuses us (auth): stop this drain."""
+    """The sink is down (retries exhausted) or refuses us (auth): stop this drain.
+    ``retry_after``: the server asked not to be called again for this long (capped)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Outbox:
@@ -105,7 +126,10 @@ class Outbox:
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
         lease_ttl_s: float = 120.0,
+        on_close: Sequence[Callable[[], None]] = (),
     ) -> None:
+        """``on_close``: run by ``close`` after the sinks close (what was opened for them, such
+        as the policy store behind Lago price mode's ``amount_for``)."""
         self.ledger = ledger
         self.sinks = dict(sinks)
         self.retry = retry or RetryPolicy()
@@ -117,6 +141,7 @@ class Outbox:
         self._rng = random.Random(seed)
         self._owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease_ttl = lease_ttl_s
+        self._on_close = list(on_close)
 
     def _sink(self, name: str) -> Sink:
         try:
@@ -144,11 +169,14 @@ class Outbox:
                 with self._report_lock:
                     report.retries += 1
                 msg = str(exc)
+                asked = policy.retry_after(exc.retry_after)
                 if attempt >= policy.max_attempts:
-                    raise _Stop(f"{msg} (gave up after {attempt} attempts)") from exc
+                    raise _Stop(f"{msg} (gave up after {attempt} attempts)", asked) from exc
                 wait = policy.delay(attempt, exc.retry_after, self._rng)
                 if deadline is not None and time.monotonic() + wait > deadline:
-                    raise _Stop(f"{msg} (deadline reached)") from exc
+                    why = "deadline reached" if asked is None else \
+                        f"Retry-After {asked:g}s is past the deadline"
+                    raise _Stop(f"{msg} ({why})", asked) from exc
                 log.info("jevons sink %s: %s; retrying in %.2fs", sink.name, msg, wait)
                 self._sleep(wait)
             except SinkUnavailable as exc:
@@ -195,7 +223,9 @@ class Outbox:
                     try:
                         results.append(f.result())
                     except _Stop as exc:
-                        stop = stop or exc
+                        # the longest Retry-After any request was given is the one to honour
+                        if stop is None or (exc.retry_after or 0) > (stop.retry_after or 0):
+                            stop = exc
                 if stop is not None:
                     raise stop
         for ok, bad in results:
@@ -309,7 +339,11 @@ class Outbox:
                     progress(done, max(total, done))
             if report.stopped is not None and report.stopped != "time limit reached":
                 self.ledger.record_sink_error(name, report.stopped[:500])
-            elif report.delivered or report.dead_lettered:
+            elif report.dead_lettered:
+                self.ledger.record_sink_error(name, (
+                    f"dead-lettered {report.dead_lettered} event(s) (jevons outbox dead-letters), "
+                    f"first: {report.dead_letter_error}")[:500])
+            elif report.delivered:
                 self.ledger.record_sink_error(name, None)
         finally:
             self.ledger.release_lease(name, self._owner)
@@ -349,6 +383,7 @@ class Outbox:
             ok, dead = self._deliver(sink, items, report, deadline)
         except _Stop as stop:
             report.stopped = str(stop)
+            report.retry_after_s = stop.retry_after
             return None
         if position is not None:
             report.held += sum(1 for _, reason, _ in park if reason != DEAD_LETTER)
@@ -356,35 +391,17 @@ class Outbox:
         self.ledger.commit_delivery(name, position=position, delivered=len(ok), park=park,
                                     unpark=ok if position is None else ())
         report.delivered += len(ok)
-        report.dead_lettered += sum(1 for _, reason, _ in park if reason == DEAD_LETTER)
+        refused = [error for _, reason, error in park if reason == DEAD_LETTER]
+        report.dead_lettered += len(refused)
+        if refused and report.dead_letter_error is None:
+            report.dead_letter_error = refused[0] or "refused"
         return len(ok)
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> list[SinkStatus]:
-        out: list[SinkStatus] = []
-        now = now_us()
-        for name, sink in self.sinks.items():
-            state = self.ledger.sink_state(name)
-            pending, oldest = self.ledger.pending(name, state.position)
-            counts = self.ledger.parked_counts(name)
-
-            def age(us: int | None) -> float | None:
-                return None if us is None else max(now - us, 0) / 1e6
-
-            out.append(SinkStatus(
-                sink=name,
-                kind=type(sink).__name__.removesuffix("Sink").lower(),
-                pending=pending,
-                oldest_pending_age_s=age(oldest),
-                delivered=state.delivered,
-                dead_lettered=counts.get(DEAD_LETTER, 0),
-                waiting_for_price=counts.get(WAITING_FOR_PRICE, 0),
-                unattributed=counts.get("unattributed", 0),
-                last_error=state.last_error,
-                last_error_age_s=age(state.last_error_us),
-                last_success_age_s=age(state.last_success_us),
-            ))
-        return out
+        return sink_statuses(self.ledger, {
+            name: type(sink).__name__.removesuffix("Sink").lower() for name, sink in self.sinks.items()
+        })
 
     def close(self) -> None:
         for sink in self.sinks.values():
@@ -392,6 +409,40 @@ class Outbox:
                 sink.close()
             except Exception:
                 log.exception("jevons sink %s: close failed", getattr(sink, "name", "?"))
+        for fn in self._on_close:
+            try:
+                fn()
+            except Exception:
+                log.exception("jevons outbox: closing %r failed", fn)
+
+
+def sink_statuses(ledger: SQLLedger, kinds: Mapping[str, str]) -> list[SinkStatus]:
+    """The status of each sink named in ``kinds`` (name -> kind), read from the ledger alone:
+    no sink object, hence no secret, is needed to see counters and errors."""
+    out: list[SinkStatus] = []
+    now = now_us()
+
+    def age(us: int | None) -> float | None:
+        return None if us is None else max(now - us, 0) / 1e6
+
+    for name, kind in kinds.items():
+        state = ledger.sink_state(name)
+        pending, oldest = ledger.pending(name, state.position)
+        counts = ledger.parked_counts(name)
+        out.append(SinkStatus(
+            sink=name,
+            kind=kind,
+            pending=pending,
+            oldest_pending_age_s=age(oldest),
+            delivered=state.delivered,
+            dead_lettered=counts.get(DEAD_LETTER, 0),
+            waiting_for_price=counts.get(WAITING_FOR_PRICE, 0),
+            unattributed=counts.get("unattributed", 0),
+            last_error=state.last_error,
+            last_error_age_s=age(state.last_error_us),
+            last_success_age_s=age(state.last_success_us),
+        ))
+    return out
 
 
 def _dead_local_owner(owner: str) -> bool:
@@ -410,11 +461,19 @@ def _dead_local_owner(owner: str) -> bool:
 
 class OutboxWorker:
     """Drains every sink in a background thread every ``interval_s`` (for long-lived
-    services; ``jevons outbox drain`` does one pass)."""
+    services; ``jevons outbox drain`` does one pass).
 
-    def __init__(self, outbox: Outbox, *, interval_s: float = 1.0) -> None:
+    Each drain is bounded (``max(10 x interval_s, 5 s)``) so that one slow sink does not hold
+    back the others. A sink whose drain stopped on a ``Retry-After`` longer than that is not
+    contacted again until it has passed (capped by its ``max_retry_after_s``): the next drain
+    after ``interval_s`` would otherwise ignore what the server asked, once per interval."""
+
+    def __init__(self, outbox: Outbox, *, interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self.interval_s = interval_s
+        self._clock = clock
+        self.not_before: dict[str, float] = {}  # sink -> clock() before which it is left alone
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jevons-outbox", daemon=True)
 
@@ -422,15 +481,32 @@ class OutboxWorker:
         self._thread.start()
         return self
 
+    def run_once(self) -> list[DrainReport]:
+        """One pass over the sinks that may be contacted now (what the thread repeats)."""
+        reports: list[DrainReport] = []
+        for name in list(self.outbox.sinks):
+            if self._stop.is_set():
+                break
+            if self._clock() < self.not_before.get(name, float("-inf")):
+                continue
+            try:
+                report = self.outbox.drain(name, max_seconds=max(self.interval_s * 10, 5.0))
+            except Exception:  # keep the worker alive; the backlog stays
+                log.exception("jevons outbox: drain of %s failed", name)
+                continue
+            reports.append(report)
+            if report.retry_after_s is not None:
+                # counted from now, after the drain ended: never earlier than the server asked
+                self.not_before[name] = self._clock() + report.retry_after_s
+                log.info("jevons outbox: %s asked to wait %.0fs (Retry-After); not contacting it "
+                         "before", name, report.retry_after_s)
+            else:
+                self.not_before.pop(name, None)
+        return reports
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name in list(self.outbox.sinks):
-                if self._stop.is_set():
-                    break
-                try:
-                    self.outbox.drain(name, max_seconds=max(self.interval_s * 10, 5.0))
-                except Exception:  # keep the worker alive; the backlog stays
-                    log.exception("jevons outbox: drain of %s failed", name)
+            self.run_once()
             self._stop.wait(self.interval_s)
 
     def stop(self, timeout: float = 30.0) -> None:
