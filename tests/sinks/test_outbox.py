@@ -295,6 +295,32 @@ def test_worker_asks_again_once_the_capped_retry_after_has_passed(
     assert "lago" not in worker.not_before
 
 
+def test_worker_backs_off_a_sink_that_keeps_failing_and_resets_after_a_clean_drain(
+    sqlite_only: SQLLedger, fake: FakeBilling
+) -> None:
+    """401 (a wrong key) stops every drain: the worker waits 1, 2, 4... intervals between
+    tries instead of hitting the endpoint (and the log) once per interval."""
+    from jevons.sinks.outbox import OutboxWorker
+
+    keys = _fill(sqlite_only, 3)
+    fake.state.outage = 401
+    now = [0.0]
+    worker = OutboxWorker(Outbox(sqlite_only, {"lago": _lago(fake)}, retry=FAST), interval_s=1.0,
+                          max_backoff_s=4.0, clock=lambda: now[0])
+    tried_at = []
+    for tick in range(16):  # one pass per interval, as the thread runs them
+        now[0] = float(tick)
+        if worker.run_once():
+            tried_at.append(tick)
+    assert tried_at == [0, 1, 3, 7, 11, 15]  # waits of 1, 2, 4, then capped at 4
+    assert worker.failures["lago"] == 6
+    fake.state.outage = None
+    now[0] = 19.0
+    (report,) = worker.run_once()
+    assert report.delivered == 3 and fake.keys == keys
+    assert "lago" not in worker.failures and "lago" not in worker.not_before
+
+
 # -- what a status code means ---------------------------------------------------------------
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_a_redirect_stops_the_drain_and_dead_letters_nothing(

@@ -44,6 +44,11 @@ __all__ = ["DrainReport", "Outbox", "OutboxWorker", "RetryPolicy", "SinkStatus",
 
 log = logging.getLogger("jevons.sinks")
 
+#: ``DrainReport.stopped`` of a drain that reached its ``max_seconds``
+TIME_LIMIT = "time limit reached"
+#: ``DrainReport.stopped`` when another process holds the sink's drain lease
+LEASED_ELSEWHERE = "another process is draining this sink"
+
 DEAD_LETTER = "dead_letter"
 WAITING_FOR_PRICE = "waiting_for_price"
 
@@ -307,7 +312,7 @@ class Outbox:
             if holder is None or not _dead_local_owner(holder) or not self.ledger.acquire_lease(
                 name, self._owner, self._lease_ttl, take_from=holder
             ):
-                report.stopped = "another process is draining this sink"
+                report.stopped = LEASED_ELSEWHERE
                 return report
         try:
             state = self.ledger.sink_state(name)
@@ -325,7 +330,7 @@ class Outbox:
             done = 0
             while report.stopped is None:
                 if deadline is not None and time.monotonic() > deadline:
-                    report.stopped = "time limit reached"
+                    report.stopped = TIME_LIMIT
                     break
                 chunk = self.ledger.events_after(position, self.fetch_size)
                 if not chunk:
@@ -337,7 +342,7 @@ class Outbox:
                 done += len(chunk)
                 if progress is not None:
                     progress(done, max(total, done))
-            if report.stopped is not None and report.stopped != "time limit reached":
+            if report.stopped is not None and report.stopped != TIME_LIMIT:
                 self.ledger.record_sink_error(name, report.stopped[:500])
             elif report.dead_lettered:
                 self.ledger.record_sink_error(name, (
@@ -459,6 +464,10 @@ def _dead_local_owner(owner: str) -> bool:
     return False
 
 
+#: a drain that stopped for one of these did not fail: the worker goes on as usual
+_NOT_FAILURES = frozenset({TIME_LIMIT, LEASED_ELSEWHERE})
+
+
 class OutboxWorker:
     """Drains every sink in a background thread every ``interval_s`` (for long-lived
     services; ``jevons outbox drain`` does one pass).
@@ -466,14 +475,20 @@ class OutboxWorker:
     Each drain is bounded (``max(10 x interval_s, 5 s)``) so that one slow sink does not hold
     back the others. A sink whose drain stopped on a ``Retry-After`` longer than that is not
     contacted again until it has passed (capped by its ``max_retry_after_s``): the next drain
-    after ``interval_s`` would otherwise ignore what the server asked, once per interval."""
+    after ``interval_s`` would otherwise ignore what the server asked, once per interval. A
+    sink whose drain stopped otherwise (401, a redirect, retries used up, a drain that raised)
+    is left alone for ``interval_s x 2^(n-1)`` after its ``n``-th such drain in a row, up to
+    ``max_backoff_s``: a misconfigured or failing endpoint is not hit, nor the log filled, once
+    per interval; one clean drain resets it."""
 
-    def __init__(self, outbox: Outbox, *, interval_s: float = 1.0,
+    def __init__(self, outbox: Outbox, *, interval_s: float = 1.0, max_backoff_s: float = 300.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
         self._clock = clock
         self.not_before: dict[str, float] = {}  # sink -> clock() before which it is left alone
+        self.failures: dict[str, int] = {}  # sink -> drains in a row that stopped on an error
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jevons-outbox", daemon=True)
 
@@ -493,6 +508,7 @@ class OutboxWorker:
                 report = self.outbox.drain(name, max_seconds=max(self.interval_s * 10, 5.0))
             except Exception:  # keep the worker alive; the backlog stays
                 log.exception("jevons outbox: drain of %s failed", name)
+                self._back_off(name)
                 continue
             reports.append(report)
             if report.retry_after_s is not None:
@@ -500,9 +516,20 @@ class OutboxWorker:
                 self.not_before[name] = self._clock() + report.retry_after_s
                 log.info("jevons outbox: %s asked to wait %.0fs (Retry-After); not contacting it "
                          "before", name, report.retry_after_s)
+            elif report.stopped is not None and report.stopped not in _NOT_FAILURES:
+                self._back_off(name)
             else:
                 self.not_before.pop(name, None)
+                self.failures.pop(name, None)
         return reports
+
+    def _back_off(self, name: str) -> None:
+        n = self.failures.get(name, 0) + 1
+        self.failures[name] = n
+        wait = min(self.interval_s * 2 ** min(n - 1, 30), self.max_backoff_s)
+        self.not_before[name] = self._clock() + wait
+        if n > 1:
+            log.info("jevons outbox: %s failed %d drains in a row; next try in %.0fs", name, n, wait)
 
     def _run(self) -> None:
         while not self._stop.is_set():
