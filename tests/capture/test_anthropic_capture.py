@@ -298,6 +298,20 @@ def test_unknown_usage_shape_is_kept_for_review(
     assert event.cost.total_usd is None  # never a silent $0
 
 
+def test_stream_with_an_unknown_usage_shape_keeps_the_raw_block_for_review(
+    client: anthropic.Anthropic, meter: Meter, replay: ReplayServer
+) -> None:
+    replay.on(PATH, "anthropic/stream_unknown_shape")
+    with client.messages.stream(**ASK) as stream:
+        assert stream.get_final_text() == "Paris is the capital of France."
+    event = only_event(meter)
+    # the stream ran to its end: not "cut before message_start", but a shape to review
+    assert event.status == "ok" and event.needs_review and not event.usage_complete
+    assert event.raw_usage == {"tokens_in": 1045, "tokens_out": 12}
+    assert event.cost.total_usd is None
+    assert event.error is not None and "message_start" not in event.error
+
+
 def test_instrumentation_errors_never_break_the_call(replay: ReplayServer) -> None:
     class BrokenBook(PriceBook):
         def cost(self, *args: Any, **kwargs: Any) -> Any:

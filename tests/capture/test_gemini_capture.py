@@ -239,6 +239,20 @@ def test_unknown_usage_shape_is_kept_for_review(
     assert event.raw_usage is not None
 
 
+def test_stream_with_an_unknown_usage_shape_is_kept_for_review(
+    client: genai.Client, meter: Meter, replay: ReplayServer
+) -> None:
+    replay.on(STREAM, "gemini/stream_unknown_shape")
+    text = "".join(c.text or "" for c in client.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi"))
+    assert text == "Paris is the capital of France."
+    event = only_event(meter)
+    # the SDK drops the fields it does not declare: the block it kept (empty) is what is left
+    assert event.status == "ok" and event.needs_review and not event.usage_complete
+    assert event.raw_usage == {}
+    assert event.cost.total_usd is None
+
+
 def test_sdk_retries_are_recorded_as_failed_attempts(meter: Meter, replay: ReplayServer) -> None:
     retry = types.HttpRetryOptions(attempts=2, initial_delay=0.01, max_delay=0.02)
     options = types.HttpOptions(base_url=replay.url, retry_options=retry)
@@ -248,6 +262,71 @@ def test_sdk_retries_are_recorded_as_failed_attempts(meter: Meter, replay: Repla
     first, second = sorted(meter.events(), key=lambda e: e.attempt)
     assert (first.attempt, first.status, second.attempt, second.status) == (1, "error", 2, "ok")
     assert second.usage == CASES["generate_basic"][1]
+
+
+def _retrying_client(meter: Meter, replay: ReplayServer) -> genai.Client:
+    retry = types.HttpRetryOptions(attempts=2, initial_delay=0.01, max_delay=0.02)
+    return meter.wrap(genai.Client(api_key="k", http_options=types.HttpOptions(base_url=replay.url,
+                                                                                retry_options=retry)))
+
+
+def _attempts(meter: Meter) -> list[tuple[int, str, bool, int]]:
+    return [(e.attempt, e.status, e.usage_complete, e.usage.input_tokens)
+            for e in sorted(meter.events(), key=lambda e: e.attempt)]
+
+
+def test_stream_sdk_retries_are_recorded_as_failed_attempts(meter: Meter, replay: ReplayServer) -> None:
+    # the stream's request (and its retry) is sent while the caller iterates, after the call returned
+    client = _retrying_client(meter, replay)
+    replay.on(STREAM, [Reply.error(503), "gemini/stream_basic"])
+    for _ in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"):
+        pass
+    assert replay.count() == 2
+    assert _attempts(meter) == [(1, "error", True, 0), (2, "ok", True, 9)]
+
+
+async def test_aio_sdk_retries_are_recorded_as_failed_attempts(meter: Meter, replay: ReplayServer) -> None:
+    # client.aio sends through aiohttp (when installed), which the httpx hooks do not see
+    client = _retrying_client(meter, replay)
+    replay.on(GENERATE, [Reply.error(503), "gemini/generate_basic"])
+    replay.on(STREAM, [Reply.error(503), "gemini/stream_basic"])
+    await client.aio.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    stream = await client.aio.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+    async for _ in stream:
+        pass
+    assert replay.count() == 4
+    assert [(e.attempt, e.status, e.usage_complete) for e in meter.events()] == [
+        (1, "error", True), (2, "ok", True), (1, "error", True), (2, "ok", True)]
+
+
+def test_stream_http_error_is_a_known_unbilled_attempt(
+    client: genai.Client, meter: Meter, replay: ReplayServer
+) -> None:
+    body = {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}
+    replay.on(STREAM, Reply.error(400, body))
+    with pytest.raises(errors.ClientError):
+        for _ in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"):
+            pass
+    event = only_event(meter)
+    # as the docs table says and the non-streamed call does: zero usage, known complete, $0
+    assert (event.status, event.usage_complete, event.cost.status) == ("error", True, "priced")
+    assert event.cost.total_usd == 0 and event.error == "ClientError (HTTP 400)"
+
+
+async def test_aio_http_errors_are_known_unbilled_attempts(
+    client: genai.Client, meter: Meter, replay: ReplayServer
+) -> None:
+    body = {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}
+    replay.on(GENERATE, Reply.error(400, body))
+    replay.on(STREAM, Reply.error(400, body))
+    with pytest.raises(errors.ClientError):
+        await client.aio.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    with pytest.raises(errors.ClientError):
+        stream = await client.aio.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+        async for _ in stream:
+            pass
+    assert [(e.status, e.usage_complete, e.cost.total_usd, e.error) for e in meter.events()] == [
+        ("error", True, 0, "ClientError (HTTP 400)")] * 2
 
 
 def test_dropping_or_closing_a_metered_copy_leaves_the_original_working(

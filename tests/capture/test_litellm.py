@@ -13,7 +13,7 @@ import pytest
 from jevons import usage_from_response
 from jevons.capture.meter import Meter
 from jevons.events import Event
-from replay import ReplayServer
+from replay import ReplayServer, Reply
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -109,3 +109,68 @@ def test_litellm_usage_adds_anthropic_cache_writes() -> None:
     response = ModelResponse(model="claude-sonnet-4", usage=usage)
     u = usage_from_response("litellm", response)
     assert (u.input_tokens, u.cache_read_tokens, u.cache_write_5m_tokens) == (1700, 1000, 400)
+
+
+def test_a_pass_litellm_retries_without_reporting_it_is_a_failed_attempt(
+    replay: ReplayServer, meter: Meter, callback: Any
+) -> None:
+    # num_retries=1: the OpenAI SDK inside LiteLLM tries twice (500, 500) unseen by any callback,
+    # then LiteLLM's wrapper retries the pass without reporting its failure: only the second
+    # log_pre_api_call of the same litellm_call_id tells it
+    replay.on(CHAT, [Reply.error(500, retry_after=0), Reply.error(500, retry_after=0), "openai/chat_basic"])
+    complete(replay, num_retries=1)
+    assert replay.count(CHAT) == 3
+    first, second = sorted(wait_for(meter, 2), key=lambda e: e.attempt)
+    assert (first.attempt, first.status, first.usage_complete) == (1, "error", False)
+    assert first.cost.status == "unpriced"  # a failure of unknown kind: never a silent $0
+    assert (second.attempt, second.status, second.usage.input_tokens) == (2, "ok", 19)
+    assert first.step == second.step and first.customer == second.customer
+
+
+def test_streamed_usage_litellm_estimated_is_never_exact(
+    replay: ReplayServer, meter: Meter, callback: Any
+) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    list(complete(replay, stream=True))  # the provider was not asked for usage: LiteLLM counts tokens
+    [estimated] = wait_for(meter, 1)
+    assert "stream_options" not in replay.last(CHAT).json  # the caller's stream is left as asked
+    assert not estimated.usage_complete and estimated.cost.status == "estimated"
+    list(complete(replay, stream=True, stream_options={"include_usage": True}))
+    reported = wait_for(meter, 2)[1]
+    assert reported.usage_complete and reported.cost.status == "priced"
+    assert (reported.usage.input_tokens, reported.usage.output_tokens) == (19, 10)
+
+
+async def test_async_streamed_usage_litellm_estimated_is_never_exact(
+    replay: ReplayServer, meter: Meter, callback: Any
+) -> None:
+    replay.on(CHAT, "openai/chat_stream")
+    for options in (None, {"include_usage": True}):
+        stream = await litellm.acompletion(model="openai/gpt-4o-mini", messages=MESSAGES, stream=True,
+                                           stream_options=options, api_base=replay.url + "/v1",
+                                           api_key="sk-test")
+        async for _ in stream:
+            pass
+    for _ in range(500):
+        if len(meter.events()) == 2:
+            break
+        await asyncio.sleep(0.01)
+    estimated, reported = sorted(meter.events(), key=lambda e: e.usage.input_tokens)
+    assert (estimated.usage_complete, estimated.cost.status) == (False, "estimated")
+    assert (reported.usage_complete, reported.usage.input_tokens) == (True, 19)
+
+
+def test_calls_over_the_run_budget_are_recorded_in_the_run_not_blocked(
+    replay: ReplayServer, meter: Meter, callback: Any
+) -> None:
+    # LiteLLM swallows a callback's BudgetExceeded and sends the request anyway: it costs money
+    replay.on(CHAT, "openai/chat_basic")
+    with meter.run("lite-budget", budget_usd="0.000001") as run:
+        for _ in range(3):
+            complete(replay)
+            wait_for(meter, run.steps)  # the previous call's cost is in the run before the next
+    events = wait_for(meter, 3)
+    assert replay.count(CHAT) == 3
+    assert sorted((e.run_id, e.step) for e in events) == [("lite-budget", i) for i in (1, 2, 3)]
+    assert run.steps == 3 and run.cost_usd == 3 * events[0].cost.total_usd  # type: ignore[operator]
+    assert meter.stats()["blocked"] == 0

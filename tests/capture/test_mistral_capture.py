@@ -200,6 +200,18 @@ def test_unknown_usage_shape_is_kept_for_review(client: Mistral, meter: Meter, r
     assert event.raw_usage is not None and event.raw_usage.get("input") == 5
 
 
+def test_stream_with_an_unknown_usage_shape_keeps_the_raw_block_for_review(
+    client: Mistral, meter: Meter, replay: ReplayServer
+) -> None:
+    replay.on(PATH, "mistral/stream_unknown_shape")
+    for _ in client.chat.stream(model="mistral-large-latest", messages=MESSAGES):  # type: ignore[arg-type]
+        pass
+    event = only_event(meter)
+    assert event.status == "ok" and event.needs_review and not event.usage_complete
+    assert event.raw_usage == {"input": 10, "output": 8}
+    assert event.cost.total_usd is None
+
+
 def test_streamed_and_non_streamed_routes_can_share_a_path(
     client: Mistral, meter: Meter, replay: ReplayServer
 ) -> None:

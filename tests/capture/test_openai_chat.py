@@ -238,6 +238,22 @@ def test_unknown_shape_is_kept_for_review(replay: ReplayServer, meter: Meter) ->
     assert meter.stats()["needs_review"] == 1 and meter.stats()["errors_by_kind"] == {"extract": 1}
 
 
+def test_stream_with_an_unknown_usage_shape_keeps_the_raw_block_for_review(
+    replay: ReplayServer, meter: Meter
+) -> None:
+    replay.on(CHAT, "openai/chat_stream_unknown_shape")
+    client = meter.wrap(client_for(replay), customer="acme")
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream)
+    assert text == "Hello! How can I help?"
+    [event] = meter.events()
+    # as for a complete response with that usage block: flagged, the block kept, never a silent $0
+    assert event.status == "ok" and event.needs_review and not event.usage_complete
+    assert event.raw_usage == {"in": 19, "out": 10}
+    assert event.cost.status == "unpriced" and event.model == "gpt-4o-mini"
+    assert meter.stats()["errors_by_kind"] == {"extract": 1}
+
+
 def test_with_raw_response_and_with_options_stay_metered(replay: ReplayServer, meter: Meter) -> None:
     replay.on(CHAT, "openai/chat_basic")
     client = meter.wrap(client_for(replay), customer="acme")

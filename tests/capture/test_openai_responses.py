@@ -71,6 +71,19 @@ def test_responses_stream_failed_is_an_error_attempt_with_usage(replay: ReplaySe
     assert event.cost.total_usd == Decimal("0.0000126")
 
 
+def test_responses_stream_with_an_unknown_usage_shape_keeps_the_raw_block_for_review(
+    replay: ReplayServer, meter: Meter
+) -> None:
+    replay.on(RESPONSES, "openai/responses_stream_unknown_shape")
+    client = meter.wrap(client_for(replay), customer="acme")
+    kinds = [e.type for e in client.responses.create(model="gpt-4o-mini", input="hi", stream=True)]
+    assert kinds[-1] == "response.completed"
+    [event] = meter.events()
+    assert event.status == "ok" and event.needs_review and not event.usage_complete
+    assert event.raw_usage == {"in": 36, "out": 87}
+    assert event.cost.total_usd is None
+
+
 def test_responses_stream_abandoned(replay: ReplayServer, meter: Meter) -> None:
     replay.on(RESPONSES, "openai/responses_stream")
     client = meter.wrap(client_for(replay), customer="acme")

@@ -23,7 +23,7 @@ from jevons.usage import Usage
 
 __all__ = [
     "BOOK_PROVIDERS", "NO_USAGE", "ErrorHook", "extract_or_review", "make_event", "outcome",
-    "price_extracted", "review_extracted",
+    "price_extracted", "review_extracted", "review_usage",
 ]
 
 ErrorHook = Callable[[BaseException, str], Any]
@@ -36,6 +36,17 @@ BOOK_PROVIDERS = frozenset(name for name, book_name in PROVIDER_HINTS.items() if
 
 #: the usage of an attempt that produced nothing known
 NO_USAGE = Usage(requests=0)
+
+
+_REVIEW_NOTE = "usage shape not recognised; kept for review"
+
+
+def review_usage(raw: dict[str, Any] | None, model: str | None = None) -> Extracted:
+    """The event for a usage block no extractor knows, given as the raw block (a finished
+    stream's, as its accumulator folded it): usage unknown, so ``unpriced`` (never $0), flagged
+    for review with the block kept, so it can be read and re-priced later."""
+    return Extracted(NO_USAGE, model=model, complete=False, needs_review=True, raw_usage=raw,
+                     note=_REVIEW_NOTE)
 
 
 def review_extracted(response: Any) -> Extracted:
@@ -52,8 +63,7 @@ def review_extracted(response: Any) -> Extracted:
             raw = {"usage": None, "response_type": type(response).__name__}
     except Exception:
         raw = {"repr": repr(response)[:2000]}
-    return Extracted(NO_USAGE, complete=False, needs_review=True, raw_usage=raw,
-                     note="usage shape not recognised; kept for review")
+    return review_usage(raw)
 
 
 def extract_or_review(extractor: str, api: str | None, response: Any, model: str,

@@ -196,12 +196,20 @@ class Call:
         return self.finish_extracted(x, "aborted", reason)
 
     def fail(self, exc: BaseException, extracted: Extracted | None = None) -> Event | None:
-        """The provider call raised. An HTTP status error with no usage produced nothing billable;
-        anything else (timeout, connection lost, error mid-stream) may have: flagged incomplete."""
+        """The provider call raised. ``extracted``: what a stream reported before it did
+        (``None``: nothing came back). An HTTP status error with no usage produced nothing
+        billable; anything else (timeout, connection lost, error mid-stream) may have: flagged
+        incomplete. The status is the exception's own, else, when nothing came back, the last
+        HTTP attempt's as the attempt hooks saw it (an SDK on aiohttp raises errors whose
+        status has no common name)."""
         if self.done:
             return None
         status_code = _status_of(exc)
         if extracted is None:
+            attempts = self.http_attempts
+            if status_code is None and attempts and isinstance(exc, Exception):
+                last = attempts[-1]
+                status_code = last if last is not None and last >= 400 else None
             # an HTTP error status or a connection never made: known to bill nothing
             known = status_code is not None or _never_connected(exc)
             extracted = Extracted(_NO_USAGE, complete=known)
@@ -239,12 +247,14 @@ def _never_connected(exc: BaseException) -> bool:
 
 
 def _status_of(exc: BaseException) -> int | None:
-    code = getattr(exc, "status_code", None)
-    if isinstance(code, int):
-        return code
+    """The HTTP status an SDK exception carries: ``status_code`` (httpx-based SDKs), ``code``
+    (google-genai), or its response's ``status_code`` / ``status`` (aiohttp)."""
     response = getattr(exc, "response", None)
-    code = getattr(response, "status_code", None)
-    return code if isinstance(code, int) else None
+    for code in (getattr(exc, "status_code", None), getattr(exc, "code", None),
+                 getattr(response, "status_code", None), getattr(response, "status", None)):
+        if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+            return code
+    return None
 
 
 class _Scope:
@@ -537,10 +547,13 @@ class Meter:
         kwargs: MutableMapping[str, Any] | None = None,
         *,
         extractor: str | None = None,
+        enforce: bool = True,
     ) -> Call | None:
         """Start a call: remove ``jevons*`` kwargs from ``kwargs``, resolve attribution, take a
         run step (budget check), run the guards. Raises only ``JevonsEnforcement``. Returns
-        ``None`` if jevons itself failed (the adapter then calls the provider unmetered)."""
+        ``None`` if jevons itself failed (the adapter then calls the provider unmetered).
+        ``enforce=False``: no guards and no budget check (the step is still taken), for an
+        integration that cannot stop the call (LiteLLM swallows a callback's exception)."""
         try:
             per_call = None if kwargs is None else _attr.pop_call_attribution(kwargs, self._error)
             context = _CONTEXT.get()
@@ -554,9 +567,9 @@ class Meter:
             run = _RUN.get()
             model_name = model if type(model) is str else (
                 "" if model is None else model if isinstance(model, str) else str(model))
-            if self.guards:
+            if self.guards and enforce:
                 self._run_guards(attribution, provider, model_name)
-            step = run.next_step() if run is not None else None
+            step = run.next_step(check_budget=enforce) if run is not None else None
             return Call(self, provider, api, model_name, attribution, run, step, extractor or provider)
         except JevonsEnforcement:
             with self._lock:

@@ -51,7 +51,16 @@ A ``Call`` ends exactly once, and none of its methods raise: ``finish(response)`
 ``finish_extracted(Extracted, status="ok")``, ``fail(exc, extracted=None)``,
 ``abort(extracted=None)`` (stream abandoned or cut off). A stream accumulator is any object
 with ``add(item)`` (called for each streamed item) and ``result() -> Extracted`` (called at the
-end, on error or on abort; return ``complete=False`` when the usage block was not seen).
+end, on error or on abort; return ``complete=False`` when the usage block was not seen). A
+stream whose usage block the adapter does not know is an event flagged for review with the raw
+block kept, as a complete response is: ``result()`` raises (as an extractor does; the error is
+counted) and the accumulator's optional ``review() -> Extracted`` gives that event
+(``build.review_usage``; without ``review`` the raw block is lost).
+
+SDKs that send a stream's request lazily (on the first ``next()``, after the metered method
+returned: Gemini) iterate it through ``iterate_in_call``/``aiterate_in_call`` so the attempt
+hooks still see its HTTP attempts; SDKs whose HTTP attempts bypass httpx (aiohttp, requests)
+wrap their one-attempt function with ``record_attempts``.
 
 Tests: the ``replay`` fixture (``tests/capture/conftest.py``) is a started
 ``replay.ReplayServer`` reset for each test; point the SDK at ``replay.url`` and script answers
@@ -90,14 +99,17 @@ __all__ = [
     "FieldSnapshot",
     "MethodSpec",
     "StreamAccumulator",
+    "aiterate_in_call",
     "find_adapter",
     "fresh_copy",
     "install_attempt_hooks",
     "instrument",
+    "iterate_in_call",
     "observe_async",
     "observe_sync",
     "patch_method",
     "patch_stream",
+    "record_attempts",
     "register_adapter",
     "rewrapping",
     "snapshot_fields",
@@ -210,6 +222,62 @@ def install_attempt_hooks(http_client: Any) -> bool:
         "response": [*hooks.get("response", ()), resp],
     }
     return True
+
+
+def record_attempts(attempt: Callable[..., Any], status_of: Callable[[BaseException], int | None]
+                    ) -> Callable[..., Any]:
+    """``attempt`` (an SDK's function that makes one HTTP attempt, called again for each of its
+    retries) recording each attempt of the metered call in flight, as the httpx hooks do, for
+    transports they do not see (aiohttp, requests): the status of a success is taken as 200,
+    that of a failure from ``status_of(exc)`` (``None``: no response). An attempt the hooks
+    already counted is not counted twice; outside a metered call it only calls ``attempt``."""
+    if inspect.iscoroutinefunction(attempt):
+
+        @functools.wraps(attempt)
+        async def arecorded(*args: Any, **kwargs: Any) -> Any:
+            call = _current_call()
+            if call is None:
+                return await attempt(*args, **kwargs)
+            attempts = call.http_attempts
+            seen = len(attempts)
+            try:
+                result = await attempt(*args, **kwargs)
+            except BaseException as exc:
+                if len(attempts) == seen:
+                    attempts.append(_safe_status(status_of, exc))
+                raise
+            if len(attempts) == seen:
+                attempts.append(200)
+            return result
+
+        return arecorded
+
+    @functools.wraps(attempt)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        call = _current_call()
+        if call is None:
+            return attempt(*args, **kwargs)
+        attempts = call.http_attempts
+        seen = len(attempts)
+        try:
+            result = attempt(*args, **kwargs)
+        except BaseException as exc:
+            if len(attempts) == seen:
+                attempts.append(_safe_status(status_of, exc))
+            raise
+        if len(attempts) == seen:
+            attempts.append(200)
+        return result
+
+    return recorded
+
+
+def _safe_status(status_of: Callable[[BaseException], int | None], exc: BaseException) -> int | None:
+    try:
+        code = status_of(exc)
+    except Exception:
+        return None
+    return code if isinstance(code, int) else None
 
 
 # ---------------------------------------------------------------------- methods
@@ -369,6 +437,10 @@ def rewrapping(original: Callable[..., Any], adapter: Adapter, meter: Meter, att
 
 # ---------------------------------------------------------------------- streams
 class StreamAccumulator(Protocol):
+    """``add`` each item, ``result()`` at the end; optionally ``review() -> Extracted``, the
+    event flagged for review (raw usage kept) when ``result()`` raised on a usage block it does
+    not know (see the module docstring)."""
+
     def add(self, item: Any) -> None: ...
 
     def result(self) -> Extracted: ...
@@ -379,7 +451,65 @@ def _result(call: Call, acc: StreamAccumulator) -> Extracted:
         return acc.result()
     except Exception as exc:
         call.meter._error(exc, "extract")
-        return review_extracted(None)
+        return _review(call, acc)
+
+
+def _review(call: Call, acc: StreamAccumulator) -> Extracted:
+    """The event of a stream whose usage ``acc`` could not read: flagged for review with the
+    raw usage block kept (the accumulator's ``review()``), as a complete response's would be."""
+    review = getattr(acc, "review", None)
+    if callable(review):
+        try:
+            x = review()
+            if isinstance(x, Extracted):
+                x.needs_review = True
+                return x
+        except Exception as exc:
+            call.meter._error(exc, "extract")
+    return review_extracted(None)
+
+
+def iterate_in_call(call: Call, iterator: Iterator[T]) -> Generator[T, None, None]:
+    """``iterator``'s items, with ``call`` the current call while each one is fetched (not
+    while the caller holds it: a call made in the loop body is not mistaken for it). For SDKs
+    whose stream sends its request on the first ``next()``, after the metered method returned:
+    the attempt hooks then still see each HTTP attempt of the SDK's retries."""
+    set_call = CURRENT_CALL.set
+    reset_call = CURRENT_CALL.reset
+    try:
+        while True:
+            token = set_call(call)
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                reset_call(token)
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+async def aiterate_in_call(call: Call, iterator: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    """The ``async for`` twin of ``iterate_in_call``."""
+    set_call = CURRENT_CALL.set
+    reset_call = CURRENT_CALL.reset
+    try:
+        while True:
+            token = set_call(call)
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                reset_call(token)
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _is_hidden(call: Call, hidden: Callable[[Any], bool], item: Any) -> bool:
@@ -399,9 +529,11 @@ def observe_sync(
     ``call.hidden`` picks out are fed to ``acc`` but not yielded: the caller sees the stream it
     asked for."""
     adding = True
+    seen = False  # an item arrived: the provider answered, a later error may have been billed
     hidden = call.hidden
     try:
         for item in iterator:
+            seen = True
             if adding:
                 try:
                     acc.add(item)
@@ -415,7 +547,7 @@ def observe_sync(
         call.abort(_result(call, acc))
         raise
     except BaseException as exc:
-        call.fail(exc, _result(call, acc))
+        call.fail(exc, _result(call, acc) if seen else None)  # nothing seen: nothing billed unless it says so
         raise
     finally:
         close = getattr(iterator, "close", None)
@@ -433,9 +565,11 @@ async def observe_async(
 ) -> AsyncGenerator[Any, None]:
     """The ``async for`` twin of ``observe_sync``."""
     adding = True
+    seen = False
     hidden = call.hidden
     try:
         async for item in iterator:
+            seen = True
             if adding:
                 try:
                     acc.add(item)
@@ -449,7 +583,7 @@ async def observe_async(
         call.abort(_result(call, acc))
         raise
     except BaseException as exc:
-        call.fail(exc, _result(call, acc))
+        call.fail(exc, _result(call, acc) if seen else None)  # nothing seen: nothing billed unless it says so
         raise
     finally:
         aclose = getattr(iterator, "aclose", None)

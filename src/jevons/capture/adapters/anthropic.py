@@ -48,6 +48,7 @@ from jevons.capture.adapters import (
     snapshot_fields,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
+from jevons.capture.build import review_usage
 from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int, without_none
 from jevons.capture.extract import field as _get
 from jevons.capture.meter import Call
@@ -208,9 +209,13 @@ class AnthropicStreamState:
 
     def result(self) -> Extracted:
         """What the stream reported so far; ``complete`` only once it reached its end. A stream
-        cut off before ``message_start`` is one request of unknown usage."""
+        cut off before ``message_start`` is one request of unknown usage; one whose usage
+        blocks have neither count (or that had none) is a shape this adapter does not know:
+        ``UnknownShape``, and ``review()`` gives its event."""
         model = self.model if self.report_model else None
         if not self.has_usage:
+            if self.raw or self.started:
+                raise UnknownShape(f"Anthropic stream usage in an unknown shape: {self.raw}")
             return Extracted(Usage(), model=model, complete=False,
                              note="stream ended before message_start; usage unknown")
         return Extracted(
@@ -221,6 +226,10 @@ class AnthropicStreamState:
             service_tier=_tier(self.raw),
             note=None if self.finished else "stream ended before message_delta; output is a lower bound",
         )
+
+    def review(self) -> Extracted:
+        """The usage the stream reported, in a shape not known here: unpriced, kept for review."""
+        return review_usage(dict(self.raw) or None, self.model if self.report_model else None)
 
 
 # ---------------------------------------------------------------------- wrapping

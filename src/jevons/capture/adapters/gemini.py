@@ -33,14 +33,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture.adapters import (
     MethodSpec,
+    aiterate_in_call,
     install_attempt_hooks,
     instrument,
+    iterate_in_call,
     observe_async,
     observe_sync,
     patch_method,
+    record_attempts,
     register_adapter,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
+from jevons.capture.build import review_usage
 from jevons.capture.extract import Extracted, UnknownShape, register_extractor, to_int, without_none
 from jevons.capture.extract import field as _field
 from jevons.capture.meter import Call
@@ -209,6 +213,7 @@ class GeminiStreamState:
     tool_calls: int = 0
     search_queries: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    usage_seen: bool = False  # a usageMetadata block arrived, whether or not its fields are known
 
     def add(self, chunk: Any) -> None:
         self.model = _model(chunk) or self.model
@@ -216,9 +221,12 @@ class GeminiStreamState:
         queries = _search_queries(chunk)
         if queries:
             self.search_queries = queries
-        block = _raw(_get(chunk, "usage_metadata"))
-        if block:
-            self.raw.update({k: v for k, v in block.items() if v is not None})
+        metadata = _get(chunk, "usage_metadata")
+        if metadata is not None:
+            self.usage_seen = True
+            block = _raw(metadata)
+            if block:
+                self.raw.update({k: v for k, v in block.items() if v is not None})
         if any(_get(c, "finish_reason") is not None for c in _candidates(chunk)):
             self.finished = True
 
@@ -234,14 +242,23 @@ class GeminiStreamState:
         )
 
     def result(self) -> Extracted:
-        """What the stream reported so far; ``complete`` only once a candidate finished."""
+        """What the stream reported so far; ``complete`` only once a candidate finished. A
+        ``usageMetadata`` without any field this adapter knows (the SDK drops the fields it
+        does not declare), or a finished stream without one, is a shape it does not know:
+        ``UnknownShape``, and ``review()`` gives its event."""
         if not self.has_usage:
+            if self.usage_seen or self.finished:
+                raise UnknownShape(f"Gemini stream usageMetadata in an unknown shape: {self.raw or None}")
             return Extracted(Usage(), model=self.model, complete=False,
                              note="stream ended before any usageMetadata; usage unknown")
         return Extracted(
             usage=self.usage(), model=self.model, complete=self.finished, raw_usage=dict(self.raw),
             note=None if self.finished else "stream ended before finishReason; usage is a lower bound",
         )
+
+    def review(self) -> Extracted:
+        """The usage the stream reported, in a shape not known here: unpriced, kept for review."""
+        return review_usage(dict(self.raw) if self.usage_seen else None, self.model)
 
 
 # ---------------------------------------------------------------------- wrapping
@@ -392,10 +409,20 @@ def _response_snapshot(response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]
 
 
 def _observe(call: Call, iterator: Any) -> Any:
+    """The SDK's chunk generator, observed. The sync ``_generate_content_stream`` is a generator
+    whose request (and its retries) is sent on the first ``next()``, after the metered method
+    returned, so the call stays current while each chunk is fetched (``iterate_in_call``): the
+    attempt hooks see each HTTP attempt, and an HTTP error there is a known, unbilled attempt."""
     state = GeminiStreamState()
     if hasattr(iterator, "__anext__"):
-        return observe_async(call, iterator, state)
-    return observe_sync(call, iterator, state)
+        return observe_async(call, aiterate_in_call(call, iterator), state)
+    return observe_sync(call, iterate_in_call(call, iterator), state)
+
+
+def _error_status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed attempt: ``errors.APIError.code`` (whatever the transport)."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
 
 
 def _always_stream(kwargs: dict[str, Any]) -> bool:
@@ -424,6 +451,11 @@ class GeminiAdapter:
     function calling or of stream continuation are each recorded with their own usage; the
     public methods only carry the ``jevons*`` kwargs to them. (If a future SDK renames those
     internals, the public methods themselves are metered instead.)
+
+    Each HTTP attempt of the SDK's retries is recorded, streams and ``client.aio`` included: the
+    sync stream is iterated with its call in flight (its request is sent on the first chunk),
+    and the attempts the httpx hooks cannot see (aiohttp, ``requests``) are recorded at the
+    one-attempt methods of the copy's own API client (see ``wrap``).
     """
 
     name = "gemini"
@@ -459,6 +491,16 @@ class GeminiAdapter:
                             getattr(api_client, "_async_httpx_client", None)):
             if http_client is not None:
                 install_attempt_hooks(http_client)
+        # the SDK's async requests go through aiohttp when it is installed (and Vertex AI's
+        # sync ones through ``requests``), which the httpx hooks do not see: each attempt of
+        # its retry loop is recorded at its one-attempt method (on the copy's own API client,
+        # which the copy's ``models`` use)
+        for name in ("_request_once", "_async_request_once"):
+            attempt = getattr(own_api, name, None)
+            if callable(attempt):
+                patch_method(own_api, name, record_attempts(attempt, _error_status))
+        new._models._api_client = own_api
+        new._aio._models._api_client = own_api
         for models in (new._models, new._aio._models):
             self._patch(meter, models, call_spec, stream_spec, attribution, prov)
         return new  # type: ignore[no-any-return]

@@ -32,6 +32,7 @@ from jevons.capture.adapters import (
     register_adapter,
 )
 from jevons.capture.attribution import Attribution
+from jevons.capture.build import review_usage
 from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int
 from jevons.capture.extract import field as _get
 from jevons.capture.meter import Call
@@ -180,6 +181,7 @@ class MistralStreamState:
     _call_ids: set[str] = field(default_factory=set)
     _call_slots: set[tuple[Any, int]] = field(default_factory=set)
     raw: dict[str, Any] = field(default_factory=dict)
+    usage_seen: bool = False  # a usage block arrived, whether or not its fields are known
 
     def add(self, chunk: Any) -> None:
         data = _get(chunk, "data")
@@ -193,9 +195,12 @@ class MistralStreamState:
                     self._note_tool_call(_get(choice, "index"), position, call)
             if isinstance(_get(choice, "finish_reason"), str):
                 self.finished = True
-        block = _reported(_get(chunk, "usage"))
-        if block:
-            self.raw.update({k: v for k, v in block.items() if v is not None})
+        usage = _get(chunk, "usage")
+        if usage is not None:
+            self.usage_seen = True
+            block = _reported(usage)
+            if block:
+                self.raw.update({k: v for k, v in block.items() if v is not None})
 
     def _note_tool_call(self, choice: Any, position: int, call: Any) -> None:
         """Count a call once: by its id when it has one, else by its (choice, index) slot, so
@@ -223,8 +228,12 @@ class MistralStreamState:
 
     def result(self) -> Extracted:
         """What the stream reported so far; ``complete`` only once a choice finished and the
-        usage chunk arrived (Mistral sends usage with the last chunk only)."""
+        usage chunk arrived (Mistral sends usage with the last chunk only). A usage block
+        without the counts this adapter knows, or a finished stream without one, is a shape it
+        does not know: ``UnknownShape``, and ``review()`` gives its event."""
         if not self.has_usage:
+            if self.usage_seen or self.finished:
+                raise UnknownShape(f"Mistral stream usage in an unknown shape: {self.raw or None}")
             return Extracted(Usage(), model=self.model, complete=False,
                              note="stream ended before its usage chunk; usage unknown")
         why = needs_review(self.raw)
@@ -237,6 +246,10 @@ class MistralStreamState:
             service_tier=_tier(self.raw),
             note=why,
         )
+
+    def review(self) -> Extracted:
+        """The usage the stream reported, in a shape not known here: unpriced, kept for review."""
+        return review_usage(dict(self.raw) if self.usage_seen else None, self.model)
 
 
 # ---------------------------------------------------------------------- wrapping

@@ -46,6 +46,7 @@ from jevons.capture.adapters import (
     snapshot_fields,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
+from jevons.capture.build import review_extracted
 from jevons.capture.extract import (
     PROVIDER_MODULES,
     Extracted,
@@ -281,6 +282,13 @@ class ChatStreamAccumulator:
             note="stream ended without a usage block; output estimated from content chunks",
         )
 
+    def review(self) -> Extracted:
+        """The usage chunk the extractor did not know: kept for review, as a response's is."""
+        x = review_extracted(self.usage_chunk)
+        x.model = self.model
+        x.service_tier = _tier(self.service_tier)
+        return x
+
 
 _FINAL_EVENTS = {"response.completed": None, "response.incomplete": None, "response.failed": "error"}
 
@@ -321,6 +329,14 @@ class ResponsesStreamAccumulator:
             Usage(output_tokens=self.deltas), model=self.model, complete=False,
             note="stream ended before response.completed; output estimated from text deltas",
         )
+
+    def review(self) -> Extracted:
+        """The final response whose usage the extractor did not know: kept for review."""
+        x = review_extracted(self.final)
+        x.model = field(self.final, "model") or self.model
+        if self.final_type == "response.failed":
+            x.status = "error"
+        return x
 
 
 # ---------------------------------------------------------------------- wrapping
