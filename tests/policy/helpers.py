@@ -58,3 +58,15 @@ def event(
 
 def policy(text: str, **_: Any) -> Policy:
     return parse_policy(text, file="test.toml")
+
+
+#: a policy file: price mode at 3x cost, a 0.05 USD cap that blocks (config wiring tests)
+CAPPED_MARKUP_POLICY = """
+default_plan = "p"
+[plans.p]
+cap = "0.05"
+cap_enforcement = "block"
+[plans.p.classes.base]
+mode = "price"
+markup = 3
+"""

@@ -16,15 +16,7 @@ from jevons.cli.app import app
 from jevons.prices.book import PriceBook
 from sinks.fakes import FakeBilling
 
-POLICY = """
-default_plan = "p"
-[plans.p]
-cap = "0.05"
-cap_enforcement = "block"
-[plans.p.classes.base]
-mode = "price"
-markup = 3
-"""
+from .helpers import CAPPED_MARKUP_POLICY as POLICY
 
 
 def _configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "") -> None:

@@ -15,18 +15,9 @@ from jevons.ledger import open_ledger
 from jevons.sinks import open_outbox
 from jevons.sinks.lago import lago_cents
 from ledger.helpers import make_event
+from policy.helpers import CAPPED_MARKUP_POLICY as POLICY
 
 from .fakes import FakeBilling
-
-POLICY = """
-default_plan = "p"
-[plans.p]
-cap = "0.05"
-cap_enforcement = "block"
-[plans.p.classes.base]
-mode = "price"
-markup = 3
-"""
 
 
 def _bill_through_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, billing: str) -> tuple[

@@ -243,11 +243,9 @@ def record_attempts(attempt: Callable[..., Any], status_of: Callable[[BaseExcept
             try:
                 result = await attempt(*args, **kwargs)
             except BaseException as exc:
-                if len(attempts) == seen:
-                    attempts.append(_safe_status(status_of, exc))
+                _note_attempt(attempts, seen, _safe_status(status_of, exc))
                 raise
-            if len(attempts) == seen:
-                attempts.append(200)
+            _note_attempt(attempts, seen, 200)
             return result
 
         return arecorded
@@ -262,14 +260,18 @@ def record_attempts(attempt: Callable[..., Any], status_of: Callable[[BaseExcept
         try:
             result = attempt(*args, **kwargs)
         except BaseException as exc:
-            if len(attempts) == seen:
-                attempts.append(_safe_status(status_of, exc))
+            _note_attempt(attempts, seen, _safe_status(status_of, exc))
             raise
-        if len(attempts) == seen:
-            attempts.append(200)
+        _note_attempt(attempts, seen, 200)
         return result
 
     return recorded
+
+
+def _note_attempt(attempts: list[int | None], seen: int, status: int | None) -> None:
+    """This attempt's entry, unless the httpx hooks already made it (``seen``: entries before)."""
+    if len(attempts) == seen:
+        attempts.append(status)
 
 
 def _safe_status(status_of: Callable[[BaseException], int | None], exc: BaseException) -> int | None:
