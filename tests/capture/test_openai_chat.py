@@ -224,6 +224,20 @@ def test_sdk_retries_are_recorded_as_attempts(replay: ReplayServer, meter: Meter
     assert len({e.step for e in events}) == 1
 
 
+def test_sdk_retries_that_all_fail_are_each_an_attempt(replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, "openai/error_500")  # every attempt
+    client = meter.wrap(client_for(replay, max_retries=2), customer="acme")
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert replay.count(CHAT) == 3
+    events = sorted(meter.events(), key=lambda e: e.attempt)
+    assert [(e.attempt, e.status) for e in events] == [(1, "error"), (2, "error"), (3, "error")]
+    assert all("500" in (e.error or "") for e in events)
+    # an HTTP error status billed nothing: known zero usage, a $0 cost, never unpriced
+    assert all(e.usage_complete and e.usage.total_tokens == 0 for e in events)
+    assert all(e.cost.status == "priced" and e.cost.total_usd == 0 for e in events)
+
+
 def test_unknown_shape_is_kept_for_review(replay: ReplayServer, meter: Meter) -> None:
     errors: list[tuple[BaseException, str]] = []
     meter.on_error = lambda exc, kind: errors.append((exc, kind))

@@ -4,6 +4,7 @@ built from config with secrets only from the environment."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -75,12 +76,24 @@ def test_openmeter_cloudevents(ledger: SQLLedger) -> None:
     assert fake.keys == {f"svc-a|{e.idempotency_key}" for e in events}
 
 
-def test_jsonl_sink_appends_canonical_events(ledger: SQLLedger, tmp_path: Path) -> None:
+def test_jsonl_sink_appends_canonical_events(ledger: SQLLedger, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import jevons.sinks.files as files
+
+    synced: list[int] = []
+    real_fsync = files.os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
     events = [make_event(i) for i in range(25)]
     ledger.append_many(events)
     path = tmp_path / "out" / "events.jsonl"
     box = Outbox(ledger, {"file": JsonlSink("file", path, batch_size=10)})
     assert box.drain("file").delivered == 25
+    assert len(synced) == 3  # once per batch of 10, 10, 5: durable before the cursor moves
     ledger.append(make_event(100))
     assert box.drain("file").delivered == 1
     lines = path.read_text().splitlines()
@@ -112,7 +125,7 @@ def test_signature_helpers() -> None:
 
 
 def test_sinks_from_config_take_secrets_from_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = tmp_path / "jevons.toml"
     cfg.write_text(
@@ -135,7 +148,9 @@ def test_sinks_from_config_take_secrets_from_the_environment(
     assert box.retries["lago"].max_attempts == 8  # from the config (default)
     box.retries["lago"] = RetryPolicy(base_s=0, max_attempts=1)
     box.ledger.append(make_event(1))
-    assert box.drain("lago").stopped
+    with caplog.at_level(logging.DEBUG):  # every logger, httpx's included
+        assert box.drain("lago").stopped
+    assert caplog.records and "lago-secret-value" not in caplog.text  # nor in the logs
     assert "connection error" in (box.ledger.sink_state("lago").last_error or "")
     db = Path(load_settings(cfg).home_dir) / "ledger" / "ledger.db"
     box.close()

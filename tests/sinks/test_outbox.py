@@ -173,6 +173,33 @@ def test_only_one_drainer_per_sink(ledger: SQLLedger, fake: FakeBilling) -> None
     assert b.drain("lago").delivered == 3
 
 
+def test_a_lease_left_by_a_crashed_drainer_on_this_host_is_taken_over(
+    ledger: SQLLedger, fake: FakeBilling
+) -> None:
+    """A drainer killed mid-drain leaves its lease (up to its TTL); a drainer on the same host
+    sees the holder's process is gone and takes over at once. A live holder, or one on another
+    host (whose processes it cannot see), keeps the sink."""
+    import os
+    import subprocess
+    import sys
+
+    keys = _fill(ledger, 5)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = os.uname().nodename
+    dead = f"{host}:{int(gone.stdout)}:deadbeef"  # that process has exited
+    assert ledger.acquire_lease("lago", f"other-host:{os.getpid()}:x", 60)
+    box = Outbox(ledger, {"lago": _lago(fake)})
+    assert box.drain("lago").stopped == "another process is draining this sink"
+    ledger.release_lease("lago", f"other-host:{os.getpid()}:x")
+    assert ledger.acquire_lease("lago", f"{host}:{os.getpid()}:alive", 60)  # this live process
+    assert box.drain("lago").stopped == "another process is draining this sink"
+    ledger.release_lease("lago", f"{host}:{os.getpid()}:alive")
+    assert ledger.acquire_lease("lago", dead, 60)
+    report = box.drain("lago")
+    assert report.stopped is None and report.delivered == 5 and fake.keys == keys
+
+
 def test_many_sinks_have_their_own_cursor(ledger: SQLLedger, fake: FakeBilling) -> None:
     _fill(ledger, 20)
     box = Outbox(ledger, {"a": _lago(fake), "b": OpenMeterSink("b", fake.url, None)}, retry=FAST)
