@@ -13,6 +13,7 @@ Secrets are never config values: a sink names the environment variable that hold
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -74,7 +75,7 @@ class SinkConfig(BaseModel):
     """``[sinks.<name>]``: one billing destination (see docs/ledger.md). Secrets are never
     values here: ``api_key_env`` / ``secret_env`` name the environment variables holding them."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["lago", "stripe", "openmeter", "jsonl", "webhook"]
     url: str | None = None
@@ -149,6 +150,37 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> None:
         node[path[-1]] = _env_value(raw)
 
 
+#: keys that would hold a secret's value in a ``[sinks.<name>]`` table
+_SECRET_KEYS = frozenset({"api_key", "secret", "token", "password", "authorization", "key"})
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password written in ``dsn`` (URL or ``key=value`` form), even in a DSN too malformed
+    for libpq to parse; ``None`` when there is none."""
+    found = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+    if found:
+        return found.group(1).strip("'")
+    found = re.search(r"://[^:/@\s]*:(.*)@", dsn)
+    return found.group(1) if found else None
+
+
+def _refuse_secrets(data: dict[str, Any], path: Path) -> None:
+    """Secrets come only from environment variables the config names, never from the file
+    (it is committed, copied and printed): a password in ``[ledger] dsn`` or a secret-like key
+    in a sink table is an error saying where to put it instead."""
+    ledger = data.get("ledger")
+    dsn = ledger.get("dsn") if isinstance(ledger, dict) else None
+    if isinstance(dsn, str) and dsn_password(dsn):
+        raise ConfigError(f"{path}: ledger.dsn holds a password; put the DSN in an environment variable "
+                          "and name it with ledger.dsn_env")
+    sinks = data.get("sinks")
+    for name, table in (sinks.items() if isinstance(sinks, dict) else ()):
+        found = sorted(_SECRET_KEYS & set(table)) if isinstance(table, dict) else []
+        if found:
+            raise ConfigError(f"{path}: sinks.{name}.{found[0]}: secrets are never written in the config; "
+                              "put it in an environment variable and name it with api_key_env / secret_env")
+
+
 def load_settings(
     path: str | Path | None = None, *, environ: dict[str, str] | None = None
 ) -> Settings:
@@ -165,6 +197,8 @@ def load_settings(
             raise ConfigError(f"{chosen}: config file not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{chosen}: {exc}") from exc
+    if chosen is not None:
+        _refuse_secrets(data, chosen)
     _overlay_env(data, env)
     try:
         settings = Settings.model_validate(data)

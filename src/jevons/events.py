@@ -59,7 +59,9 @@ class Event:
 
     @property
     def attributed(self) -> bool:
-        return self.customer is not None
+        """Whether the event names a customer to bill (a blank name is none)."""
+        customer = self.customer
+        return customer is not None and bool(customer) and not customer.isspace()
 
     def with_cost(self, cost: Cost) -> Event:
         return replace(self, cost=cost)
@@ -68,7 +70,9 @@ class Event:
         out: dict[str, Any] = {
             "id": self.id,
             "idempotency_key": self.idempotency_key,
-            "timestamp": self.timestamp.isoformat(),
+            # a naive time is UTC (as the ledger reads it): say so, for readers elsewhere
+            "timestamp": (self.timestamp if self.timestamp.tzinfo is not None
+                          else self.timestamp.replace(tzinfo=UTC)).isoformat(),
             "provider": self.provider,
             "model_requested": self.model_requested,
             "model": self.cost.model,

@@ -49,8 +49,10 @@ class FakeState:
     delay_s: float = 0.0
     outage: int | None = None  # answer every request with this status while set
     outage_headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After, Location
+    session_status: int | None = None  # Stripe: answer meter_event_session with this status
     duplicate_422: bool = False
     request_times: list[float] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # of every request, in order
     keep_bodies: bool = True
     die_after_records: int | None = None
     state_file: Path | None = None
@@ -103,11 +105,15 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.requests += 1
             st.request_times.append(time.monotonic())
+            st.paths.append(self.path.split("?", 1)[0])
             fault = st.faults.popleft() if st.faults else None
         if st.delay_s:
             time.sleep(st.delay_s)
         path = self.path.split("?", 1)[0]
         if path.endswith("/meter_event_session"):
+            if st.session_status is not None:
+                self._reply(st.session_status, {"error": {"type": "invalid_request_error"}})
+                return
             if self.headers.get("Authorization") != f"Bearer {STRIPE_KEY}":
                 self._reply(401, {"error": {"message": "bad key"}})
                 return

@@ -77,13 +77,23 @@ _CONTEXT: ContextVar[Attribution] = ContextVar("jevons_attribution", default=EMP
 def make(
     customer: str | None = None, feature: str | None = None, tags: Mapping[str, Any] | None = None
 ) -> Attribution:
+    """An attribution; a blank customer or feature (``""``, spaces) is none: an event with a
+    blank customer is unattributed (held back from billing and reported), never billed to a
+    subscription named ``""``."""
+    customer = _named(customer)
+    feature = _named(feature)
     if customer is None and feature is None and not tags:
         return EMPTY
     return Attribution(
-        None if customer is None else str(customer),
-        None if feature is None else str(feature),
+        customer,
+        feature,
         {str(k): str(v) for k, v in tags.items()} if tags else {},
     )
+
+
+def _named(value: Any) -> str | None:
+    text = None if value is None else str(value)
+    return text if text and not text.isspace() else None
 
 
 def pop_call_attribution(kwargs: MutableMapping[str, Any],

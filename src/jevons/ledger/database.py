@@ -25,6 +25,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from jevons.config import dsn_password
 from jevons.events import Event
 from jevons.ledger.base import EventQuery
 from jevons.ledger.codec import (
@@ -285,20 +286,10 @@ def _redact(dsn: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", re.sub(r"password=\S+", "password=***", dsn))
 
 
-def _password_of(dsn: str) -> str | None:
-    """The password written in ``dsn`` (URL or ``key=value`` form), even in a DSN too malformed
-    for libpq to parse; ``None`` when there is none."""
-    found = re.search(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
-    if found:
-        return found.group(1).strip("'")
-    found = re.search(r"://[^:/@\s]*:(.*)@", dsn)
-    return found.group(1) if found else None
-
-
 def _scrub(text: str, dsn: str) -> str:
     """``text`` (an error message) with ``dsn``'s password replaced by ``***`` wherever it
     appears, in the DSN's own spelling or alone."""
-    password = _password_of(dsn)
+    password = dsn_password(dsn)
     if password:
         text = text.replace(password, "***")
     return _redact(text)

@@ -83,6 +83,7 @@ class WebhookSink(HttpSink):
     def __init__(self, name: str, url: str, secret: str | None, *, timeout: float = 10.0,
                  batch_size: int = 100) -> None:
         super().__init__(name, url, timeout=timeout, headers={"Content-Type": "application/json"})
+        self.url = url  # exactly as configured: a trailing slash is part of a receiver's route
         if not secret:
             raise ValueError(f"sink {name}: the webhook needs a signing secret (secret_env)")
         self._secret = secret.encode()
@@ -94,4 +95,4 @@ class WebhookSink(HttpSink):
     def send(self, records: Sequence[Record]) -> None:
         body = json.dumps({"events": list(records)}, separators=(",", ":")).encode()
         header = sign(self._secret, body, int(time.time()))
-        self._post(self.base_url, content=body, headers={SIGNATURE_HEADER: header})
+        self._post(self.url, content=body, headers={SIGNATURE_HEADER: header})

@@ -32,25 +32,10 @@ import httpx
 from jevons.events import Event
 from jevons.ledger.codec import ts_micros
 from jevons.sinks.base import Hold, HttpSink, Record
-from jevons.usage import Usage
+from jevons.sinks.buckets import BUCKETS, DEFAULT_METRIC_CODES, bucket_counts
+from jevons.sinks.buckets import metric_codes as bucket_metric_codes
 
 __all__ = ["BUCKETS", "DEFAULT_METRIC_CODES", "LagoSink", "decimal_str", "default_amount_for"]
-
-BUCKETS: dict[str, Callable[[Usage], int]] = {
-    "input": lambda u: u.uncached_input_tokens,
-    "cached_input": lambda u: u.cache_read_tokens,
-    "cache_write": lambda u: u.cache_write_tokens,
-    "output": lambda u: u.output_tokens,
-    "web_search": lambda u: u.web_search_requests,
-}
-
-DEFAULT_METRIC_CODES: dict[str, str] = {
-    "input": "llm_input_tokens",
-    "cached_input": "llm_cached_input_tokens",
-    "cache_write": "llm_cache_write_tokens",
-    "output": "llm_output_tokens",
-    "web_search": "llm_web_searches",
-}
 
 AmountFor = Callable[[Event], Decimal | None]
 
@@ -110,11 +95,7 @@ class LagoSink(HttpSink):
             raise ValueError(f"sink {name}: mode must be 'token' or 'price', got {mode!r}")
         self.mode = mode
         self.max_batch = max(1, min(batch_size, 100))
-        unknown = set(metric_codes or {}) - set(BUCKETS)
-        if unknown:
-            raise ValueError(f"sink {name}: unknown usage bucket(s) {sorted(unknown)}; "
-                             f"known: {sorted(BUCKETS)}")
-        self.metric_codes = {**DEFAULT_METRIC_CODES, **(metric_codes or {})}
+        self.metric_codes = bucket_metric_codes(name, metric_codes)
         self.cost_metric_code = cost_metric_code
         self.amount_for = amount_for or default_amount_for(Decimal(1))
         url = self.base_url
@@ -122,7 +103,7 @@ class LagoSink(HttpSink):
         self.url += "/events/batch"
 
     def prepare(self, event: Event) -> list[Record] | Hold:
-        if event.customer is None:
+        if not event.attributed:
             return Hold("unattributed", "no customer: no Lago subscription to bill")
         common: dict[str, str] = {"provider": event.provider, "model": event.model or event.model_requested}
         if event.feature:
@@ -153,11 +134,7 @@ class LagoSink(HttpSink):
                 "properties": props,
             }]
         out: list[Record] = []
-        for bucket, count_of in BUCKETS.items():
-            count = count_of(event.usage)
-            if not count:
-                continue
-            code = self.metric_codes[bucket]
+        for code, count in bucket_counts(event.usage, self.metric_codes):
             props = dict(common)
             props["tokens"] = str(count)
             out.append({

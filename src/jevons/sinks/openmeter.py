@@ -16,7 +16,8 @@ from typing import Any
 
 from jevons.events import Event
 from jevons.sinks.base import Hold, HttpSink, Record, rfc3339
-from jevons.sinks.lago import BUCKETS, decimal_str
+from jevons.sinks.buckets import BUCKETS
+from jevons.sinks.lago import decimal_str
 
 __all__ = ["OpenMeterSink"]
 
@@ -44,7 +45,7 @@ class OpenMeterSink(HttpSink):
         self.max_batch = max(1, batch_size)
 
     def prepare(self, event: Event) -> list[Record] | Hold:
-        if event.customer is None:
+        if not event.attributed:
             return Hold("unattributed", "no customer: no OpenMeter subject")
         data: dict[str, Any] = {
             "provider": event.provider,

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from jevons.events import Event
-from jevons.sinks.base import Hold, HttpSink, Record, SinkUnavailable, TransientError, rfc3339
-from jevons.sinks.lago import BUCKETS, DEFAULT_METRIC_CODES
+from jevons.sinks.base import Hold, HttpSink, Record, RejectedError, SinkUnavailable, TransientError, rfc3339
+from jevons.sinks.buckets import bucket_counts, metric_codes
 
 __all__ = ["StripeMeterSink"]
 
@@ -45,22 +45,18 @@ class StripeMeterSink(HttpSink):
         self._api_key = api_key
         self.api_url = (api_url or url).rstrip("/")
         self.max_batch = max(1, min(batch_size, 100))
-        self.event_names = {**DEFAULT_METRIC_CODES, **(event_names or {})}
+        self.event_names = metric_codes(name, event_names)
         self.customer_key = customer_key
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
 
     def prepare(self, event: Event) -> list[Record] | Hold:
-        if event.customer is None:
+        if not event.attributed:
             return Hold("unattributed", "no customer: no Stripe customer to bill")
         ts = rfc3339(event.timestamp)
         out: list[Record] = []
-        for bucket, count_of in BUCKETS.items():
-            count = count_of(event.usage)
-            if not count:
-                continue
-            name = self.event_names[bucket]
+        for name, count in bucket_counts(event.usage, self.event_names):
             out.append({
                 "event_name": name,
                 "identifier": f"{event.idempotency_key}:{name}",
@@ -73,11 +69,16 @@ class StripeMeterSink(HttpSink):
         with self._token_lock:
             if not renew and self._token and time.time() < self._token_expires - 60:
                 return self._token
-            response = self._post(
-                f"{self.api_url}/v2/billing/meter_event_session",
-                content=b"{}",
-                headers={"Authorization": f"Bearer {self._api_key}"},
-            )
+            try:
+                response = self._post(
+                    f"{self.api_url}/v2/billing/meter_event_session",
+                    content=b"{}",
+                    headers={"Authorization": f"Bearer {self._api_key}"},
+                )
+            except RejectedError as exc:
+                # a refused session is the account or key, not any event: stop the drain (a
+                # rejection here would have the outbox bisect and dead-letter the backlog)
+                raise SinkUnavailable(f"Stripe meter event session refused: {exc}") from exc
             data = response.json()
             self._token = str(data["authentication_token"])
             expires = data.get("expires_at")

@@ -1,0 +1,74 @@
+"""The usage buckets token-mode sinks bill (Lago token mode, Stripe meter events, OpenMeter's
+``*_billable`` fields): disjoint, so every token is billed once, and split where prices differ.
+
+- ``input``: uncached input (``input_tokens`` minus cache reads and cache writes);
+- ``cached_input``: cache reads;
+- ``cache_write``: 5-minute cache writes; ``cache_write_1h``: 1-hour cache writes (priced
+  higher: 2x input against 1.25x for Anthropic models, so a single bucket could not be billed
+  right);
+- ``output``: all output, reasoning included;
+- ``web_search``: searches (billed per search);
+- ``requests``: one per call, for a price with a per-request part. Opt in (give it a code):
+  by default it is not sent, since it would add one billing record to every call.
+
+``metric_codes(sink, overrides)`` is the bucket -> code/event-name mapping a sink sends: the
+defaults merged with the config's ``metric_codes``. Two buckets under one code are refused: their
+records would share an idempotency key (``<key>:<code>``), and the billing system would keep
+only the first, silently dropping the other's tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from jevons.usage import Usage
+
+__all__ = ["BUCKETS", "DEFAULT_METRIC_CODES", "bucket_counts", "metric_codes"]
+
+BUCKETS: dict[str, Callable[[Usage], int]] = {
+    "input": lambda u: u.uncached_input_tokens,
+    "cached_input": lambda u: u.cache_read_tokens,
+    "cache_write": lambda u: u.cache_write_5m_tokens,
+    "cache_write_1h": lambda u: u.cache_write_1h_tokens,
+    "output": lambda u: u.output_tokens,
+    "web_search": lambda u: u.web_search_requests,
+    "requests": lambda u: u.requests,
+}
+
+#: the buckets sent unless configured otherwise (``requests`` is opt-in), and their codes
+DEFAULT_METRIC_CODES: dict[str, str] = {
+    "input": "llm_input_tokens",
+    "cached_input": "llm_cached_input_tokens",
+    "cache_write": "llm_cache_write_tokens",
+    "cache_write_1h": "llm_cache_write_1h_tokens",
+    "output": "llm_output_tokens",
+    "web_search": "llm_web_searches",
+}
+
+
+def metric_codes(sink: str, overrides: Mapping[str, str] | None) -> dict[str, str]:
+    """Bucket -> code for ``sink``: the defaults, then ``overrides``. ``ValueError`` for an
+    unknown bucket or a code given to two buckets."""
+    unknown = set(overrides or {}) - set(BUCKETS)
+    if unknown:
+        raise ValueError(f"sink {sink}: unknown usage bucket(s) {sorted(unknown)}; known: {sorted(BUCKETS)}")
+    codes = {**DEFAULT_METRIC_CODES, **(overrides or {})}
+    seen: dict[str, str] = {}
+    for bucket, code in codes.items():
+        if code in seen:
+            raise ValueError(f"sink {sink}: usage buckets {seen[code]!r} and {bucket!r} both use the code "
+                             f"{code!r}; each bucket needs its own (their records would share an id)")
+        seen[code] = bucket
+    return codes
+
+
+def bucket_counts(usage: Usage, codes: Mapping[str, str]) -> list[tuple[str, int]]:
+    """``(code, count)`` of each bucket in ``codes`` with a non-zero count, in bucket order."""
+    out: list[tuple[str, int]] = []
+    for bucket, count_of in BUCKETS.items():
+        code = codes.get(bucket)
+        if code is not None:
+            count = count_of(usage)
+            if count:
+                out.append((code, count))
+    return out
