@@ -117,8 +117,9 @@ def _openai_usage(block: Mapping[str, Any], *, tool_calls: int = 0) -> Usage | N
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
-        cache_read_tokens=min(cached or 0, prompt),
-        reasoning_tokens=min(reasoning or 0, completion),
+        # as reported: a subset larger than its total is refused by ``Usage`` (kept for review)
+        cache_read_tokens=cached or 0,
+        reasoning_tokens=reasoning or 0,
         tool_calls=tool_calls,
     )
 

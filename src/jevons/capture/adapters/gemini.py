@@ -109,19 +109,17 @@ def usage_from_metadata(metadata: Any, *, tool_calls: int = 0, web_searches: int
     prompt_modal = _modality_counts(_get(metadata, "prompt_tokens_details"))
     tool_modal = _modality_counts(_get(metadata, "tool_use_prompt_tokens_details"))
     out_modal = _modality_counts(_get(metadata, "candidates_tokens_details"))
-    audio_in = min(prompt_modal.get("AUDIO", 0) + tool_modal.get("AUDIO", 0), input_tokens)
-    image_in = min(prompt_modal.get("IMAGE", 0) + tool_modal.get("IMAGE", 0), input_tokens - audio_in)
-    audio_out = min(out_modal.get("AUDIO", 0), output_tokens - thoughts)
-    image_out = min(out_modal.get("IMAGE", 0), output_tokens - thoughts - audio_out)
+    # subsets as reported: one larger than its total is an inconsistent block, which ``Usage``
+    # refuses (the call is then kept for review, unpriced), never quietly capped and billed
     return Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        cache_read_tokens=min(_count(metadata, "cached_content_token_count"), input_tokens),
+        cache_read_tokens=_count(metadata, "cached_content_token_count"),
         reasoning_tokens=thoughts,
-        audio_input_tokens=audio_in,
-        image_input_tokens=image_in,
-        audio_output_tokens=audio_out,
-        image_output_tokens=image_out,
+        audio_input_tokens=prompt_modal.get("AUDIO", 0) + tool_modal.get("AUDIO", 0),
+        image_input_tokens=prompt_modal.get("IMAGE", 0) + tool_modal.get("IMAGE", 0),
+        audio_output_tokens=out_modal.get("AUDIO", 0),
+        image_output_tokens=out_modal.get("IMAGE", 0),
         web_search_requests=web_searches,
         tool_calls=tool_calls,
     )

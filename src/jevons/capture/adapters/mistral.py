@@ -100,8 +100,9 @@ def _usage_of_reported(block: dict[str, Any] | None, tool_calls: int) -> Usage:
     return Usage(
         input_tokens=prompt,
         output_tokens=_count(block, "completion_tokens"),
-        cache_read_tokens=min(_cached(block), prompt),
-        audio_input_tokens=min(audio, prompt),
+        # as reported: a subset larger than its total is refused by ``Usage`` (kept for review)
+        cache_read_tokens=_cached(block),
+        audio_input_tokens=audio,
         tool_calls=tool_calls,
     )
 
