@@ -156,3 +156,25 @@ def test_responses_cache_writes_by_ttl() -> None:
     assert (u.input_tokens, u.cache_read_tokens) == (6000, 1000)
     assert (u.cache_write_5m_tokens, u.cache_write_1h_tokens) == (3000, 1000)
     assert u.uncached_input_tokens == 1000
+
+
+async def test_async_stream_helpers_keep_the_per_call_attribution(replay: ReplayServer, meter: Meter) -> None:
+    """``AsyncOpenAI``'s ``.stream()`` helpers create their request coroutine at once, before
+    jevons could hand it the kwarg: the per-call attribution must still reach the event."""
+    replay.on(RESPONSES, "openai/responses_stream")
+    replay.on("/v1/chat/completions", "openai/chat_stream")
+    client = meter.wrap(AsyncOpenAI(base_url=replay.url + "/v1", api_key="sk-test", max_retries=0),
+                        customer="client", feature="default")
+    async with client.responses.stream(model="gpt-4o-mini", input="hi", jevons_customer="percall",
+                                       jevons_tags={"k": "v"}) as stream:
+        async for _ in stream:
+            pass
+    messages = [{"role": "user", "content": "hi"}]
+    async with client.chat.completions.stream(model="gpt-4o-mini", messages=messages,  # type: ignore[arg-type]
+                                              jevons={"customer": "percall-2"}) as chat:
+        async for _ in chat:
+            pass
+    responses, chat_event = meter.events()
+    assert (responses.customer, responses.feature, responses.tags) == ("percall", "default", {"k": "v"})
+    assert chat_event.customer == "percall-2" and chat_event.usage.output_tokens == 10
+    assert all("jevons" not in body for body in replay.bodies(RESPONSES))

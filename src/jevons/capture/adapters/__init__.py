@@ -78,7 +78,8 @@ import copy
 import functools
 import inspect
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -100,6 +101,7 @@ __all__ = [
     "MethodSpec",
     "StreamAccumulator",
     "aiterate_in_call",
+    "awaited_with_bundle",
     "find_adapter",
     "fresh_copy",
     "install_attempt_hooks",
@@ -381,6 +383,9 @@ def instrument(
 
         @functools.wraps(fn)
         async def ametered(*args: Any, **kwargs: Any) -> Any:
+            bundle = _deferred_bundle()
+            if bundle is not None:  # a helper's request made before jevons could pass it
+                kwargs["jevons"] = bundle
             call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
             if call is None:
                 return await fn(*args, **kwargs)
@@ -416,6 +421,23 @@ def instrument(
         return _after(call, result, streaming)
 
     return metered
+
+
+#: the per-call attribution (``jevons=`` bundle) of a request coroutine an SDK helper created
+#: before jevons could give it the kwarg (``AsyncOpenAI``'s ``.stream()``): set while that
+#: coroutine is awaited (``awaited_with_bundle``), read by the async metered method
+_DEFERRED_BUNDLE: ContextVar[dict[str, Any] | None] = ContextVar("jevons_deferred_bundle", default=None)
+_deferred_bundle = _DEFERRED_BUNDLE.get
+
+
+async def awaited_with_bundle(request: Awaitable[T], bundle: dict[str, Any]) -> T:
+    """Await ``request`` (a metered method's coroutine, not started) with ``bundle`` as its
+    ``jevons=`` attribution."""
+    token = _DEFERRED_BUNDLE.set(bundle)
+    try:
+        return await request
+    finally:
+        _DEFERRED_BUNDLE.reset(token)
 
 
 def snapshot_fields(*names: str, model: str | None = None) -> FieldSnapshot:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from decimal import Decimal
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture.adapters import (
     MethodSpec,
+    awaited_with_bundle,
     fresh_copy,
     install_attempt_hooks,
     instrument,
@@ -434,11 +436,15 @@ def provider_of(client: Any) -> str:
 
 
 def _bind_jevons_kwargs(manager: Any, metered_create: Callable[..., Any], bundle: dict[str, Any]) -> None:
-    """Give a ``.stream()`` manager's deferred request the call's own attribution."""
+    """Give a ``.stream()`` manager's deferred request the call's own attribution: the sync
+    manager keeps it as a ``partial`` of the metered ``create`` (rebound with the kwarg); the
+    async one as the coroutine that ``create`` already returned (awaited with the bundle)."""
     state = getattr(manager, "__dict__", {})
     for name, value in list(state.items()):
         if isinstance(value, functools.partial) and value.func is metered_create:
             state[name] = functools.partial(value.func, *value.args, **{**value.keywords, "jevons": bundle})
+        elif inspect.iscoroutine(value):
+            state[name] = awaited_with_bundle(value, bundle)
 
 
 def _metered_stream_helper(
