@@ -221,3 +221,26 @@ def test_fixture_files_are_well_formed() -> None:
     families = {family_of(_spec(n)["_model"]) for n in names if _spec(n)["_api"] == "invoke_stream"}
     assert families == {"anthropic", "nova", "meta", "mistral", "cohere", "ai21", "openai", "deepseek",
                         "qwen"}
+
+
+def test_invoke_stream_counts_tool_calls_of_chat_completions_families() -> None:
+    """gpt-oss, Qwen, DeepSeek and AI21 stream OpenAI-shaped deltas: each tool call once,
+    however many fragments its arguments arrive in (as the non-streamed invoke counts them)."""
+    from jevons.capture.adapters.bedrock_families import InvokeStreamFold
+
+    def delta(*calls: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"tool_calls": list(calls)}}]}
+
+    fold = InvokeStreamFold("openai.gpt-oss-120b-1:0")
+    for chunk in (
+        delta({"index": 0, "id": "c1", "function": {"name": "a", "arguments": ""}}),
+        delta({"index": 0, "function": {"arguments": "{\"x\":"}}),
+        delta({"index": 0, "function": {"arguments": "1}"}}),
+        delta({"index": 1, "id": "c2", "function": {"name": "b", "arguments": "{}"}}),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+         "usage": {"prompt_tokens": 50, "completion_tokens": 20}},
+    ):
+        fold.feed(chunk)
+    reading = fold.reading()
+    assert reading.usage is not None and reading.usage.tool_calls == 2
+    assert (reading.usage.input_tokens, reading.usage.output_tokens) == (50, 20)

@@ -273,7 +273,9 @@ class InvokeStreamFold:
     body_kind: str | None = None
     counts: dict[str, int] = field(default_factory=dict)  # Llama / Titan running counts
     body_final: bool = False
-    tool_calls: int = 0
+    tool_calls: int = 0  # Nova's toolUse blocks
+    # chat-completions families: (choice, index) of each tool call, its fragments counted once
+    openai_tools: set[tuple[Any, Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.family = family_of(self.model)
@@ -288,6 +290,7 @@ class InvokeStreamFold:
             self.body_final = self.body_final or self.anthropic.finished
             return
         self._feed_nova(chunk)
+        self._feed_openai_tools(chunk)
         usage = chunk.get("usage")
         if isinstance(usage, Mapping) and "prompt_tokens" in usage:
             self.body_usage, self.body_kind, self.body_final = _plain(usage), "openai", True
@@ -313,6 +316,15 @@ class InvokeStreamFold:
             if isinstance(usage, Mapping):
                 self.body_usage, self.body_kind, self.body_final = _plain(usage), "nova", True
 
+    def _feed_openai_tools(self, chunk: Mapping[str, Any]) -> None:
+        choices = chunk.get("choices")
+        for position, choice in enumerate(choices if isinstance(choices, list) else ()):
+            delta = choice.get("delta") if isinstance(choice, Mapping) else None
+            calls = delta.get("tool_calls") if isinstance(delta, Mapping) else None
+            for slot, call in enumerate(calls if isinstance(calls, list) else ()):
+                index = call.get("index", slot) if isinstance(call, Mapping) else slot
+                self.openai_tools.add((choice.get("index", position), index))
+
     @property
     def finished(self) -> bool:
         return self.metrics is not None or self.body_final
@@ -323,7 +335,7 @@ class InvokeStreamFold:
         if self.body_usage is not None and self.body_kind == "nova":
             return usage_from_converse_usage(self.body_usage, tool_calls=self.tool_calls), self.body_usage
         if self.body_usage is not None and self.body_kind == "openai":
-            usage = _openai_usage(self.body_usage)
+            usage = _openai_usage(self.body_usage, tool_calls=len(self.openai_tools))
             return (usage, self.body_usage) if usage is not None else None
         if "prompt_token_count" in self.counts or "generation_token_count" in self.counts:
             return Usage(
