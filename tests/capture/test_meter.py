@@ -438,3 +438,12 @@ def test_a_record_made_again_after_it_succeeded_counts_once(test_book: PriceBook
     assert len(meter.events()) == 1 and len(seen) == 1
     assert (meter.stats()["events"], meter.stats()["duplicates"]) == (1, 1)
     assert run.input_tokens == 1000 and run.cost_usd == seen[0].cost.total_usd
+
+
+def test_an_exit_code_is_not_taken_for_an_http_status(test_book: PriceBook) -> None:
+    """``SystemExit(130)`` inside a provider call is not an HTTP answer: usage unknown, not $0."""
+    meter = Meter(book=test_book, ledger="memory")
+    call = meter.begin("openai", "chat", "gpt-4o-mini", meter.default)
+    assert call is not None
+    event = call.fail(SystemExit(130))
+    assert event is not None and not event.usage_complete and "HTTP" not in (event.error or "")

@@ -250,9 +250,15 @@ def _status_of(exc: BaseException) -> int | None:
     """The HTTP status an SDK exception carries: ``status_code`` (httpx-based SDKs), ``code``
     (google-genai), or its response's ``status_code`` / ``status`` (aiohttp)."""
     response = getattr(exc, "response", None)
-    for code in (getattr(exc, "status_code", None), getattr(exc, "code", None),
-                 getattr(response, "status_code", None), getattr(response, "status", None)):
-        if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+    candidates = (
+        (getattr(exc, "status_code", None), 100),
+        (getattr(response, "status_code", None), 100),
+        # names other exceptions use too (``SystemExit.code``): error statuses only
+        (getattr(exc, "code", None), 400),
+        (getattr(response, "status", None), 400),
+    )
+    for code, lowest in candidates:
+        if isinstance(code, int) and not isinstance(code, bool) and lowest <= code <= 599:
             return code
     return None
 

@@ -386,6 +386,7 @@ def instrument(
             bundle = _deferred_bundle()
             if bundle is not None:  # a helper's request made before jevons could pass it
                 kwargs["jevons"] = bundle
+                _DEFERRED_BUNDLE.set(None)  # for this call only, not one the SDK makes inside it
             call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
             if call is None:
                 return await fn(*args, **kwargs)
