@@ -447,3 +447,27 @@ def test_an_exit_code_is_not_taken_for_an_http_status(test_book: PriceBook) -> N
     assert call is not None
     event = call.fail(SystemExit(130))
     assert event is not None and not event.usage_complete and "HTTP" not in (event.error or "")
+
+
+def test_a_record_retried_after_its_store_logged_it_and_raised_counts_once(test_book: PriceBook) -> None:
+    """``durability = "sync"``: the append logs the event, then times out waiting for the
+    database and raises. The caller's retry (same key) finds the key taken; it is still this
+    record's one acknowledgement, so it is counted and sent to the sinks, once."""
+    class LoggedThenTimedOut(MemoryStore):
+        fail = True
+
+        def append(self, event: Event) -> bool:
+            stored = super().append(event)
+            if self.fail:
+                self.fail = False
+                raise OSError("timed out waiting for the commit")
+            return stored
+
+    seen: list[Event] = []
+    meter = Meter(book=test_book, ledger=LoggedThenTimedOut(), sinks=[seen.append])
+    call = {"model": "gpt-4o-mini", "usage": Usage(input_tokens=10), "provider": "openai",
+            "idempotency_key": "K"}
+    with pytest.raises(OSError):
+        meter.record(**call)  # type: ignore[arg-type]
+    meter.record(**call)  # type: ignore[arg-type]
+    assert len(seen) == 1 and meter.stats()["events"] == 1 and len(meter.events()) == 1

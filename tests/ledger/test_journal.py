@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from jevons.ledger import EventQuery, open_store
 from jevons.ledger.codec import encode_event
-from jevons.ledger.database import SQLLedger, sqlite_ledger
+from jevons.ledger.database import LedgerError, SQLLedger, sqlite_ledger
 from jevons.ledger.journal import JournaledStore
 
 from .helpers import Outage, drop_schema, make_event, settings_for, unique_schema
@@ -64,6 +65,11 @@ def test_a_database_down_at_start_up_loses_nothing(tmp_path: Path) -> None:
     assert not store.flush(timeout=0.5)
     logged = b"".join(p.read_bytes() for p in store.directory.glob("*.jnl"))
     assert all(f"k{i}".encode() in logged for i in range(5))
+    started = time.monotonic()
+    with pytest.raises(LedgerError):  # at once: no flush can happen while it is down
+        store.query()
+    assert time.monotonic() - started < 5
+    assert isinstance(store._reopen(), DeferredLedger)  # type: ignore[misc]  # a forked child, too
     db.rmdir()  # the database can be opened now
     assert store.flush(timeout=30)
     assert sorted(e.idempotency_key for e in store.query()) == [f"k{i}" for i in range(5)]

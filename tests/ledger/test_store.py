@@ -160,6 +160,7 @@ def test_a_nul_in_a_callers_text_is_stored_and_holds_back_nothing(ledger: SQLLed
     assert ledger.append(make_event(3, key="key\x00one")) is False  # still one event per key
     [back] = ledger.query(EventQuery(customer="acme\ufffdx"))
     assert back == odd  # the event itself, exact
+    assert ledger.query(EventQuery(customer="acme\x00x")) == [odd]  # by the name it carries, too
     assert [e.idempotency_key for e in ledger.query(EventQuery(run_id="run\ufffd"))] == ["key\x00one"]
     assert ledger.count() == 3
 

@@ -714,14 +714,15 @@ class Meter:
             return True
 
     def _flush_backlog(self) -> frozenset[str]:
-        """Store the backlog; the idempotency keys stored."""
+        """Store the backlog; the idempotency keys that left it (stored now, or found stored:
+        e.g. a ``sync``-mode append that timed out after logging its event)."""
         with self._lock:
             pending, self._backlog = self._backlog, []
         stored: set[str] = set()
         for i, event in enumerate(pending):
             try:
-                if self.store.append(event):
-                    stored.add(event.idempotency_key)
+                self.store.append(event)
+                stored.add(event.idempotency_key)
             except Exception:
                 with self._lock:
                     self._backlog[:0] = pending[i:]

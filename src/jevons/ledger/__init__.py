@@ -128,21 +128,23 @@ def open_store(settings: Settings | None = None, *,
     cfg = settings.ledger
     if cfg.backend == "memory":
         return MemoryStore()
-    ledger: SQLLedger
-    try:
-        ledger = open_ledger(settings)
-    except LedgerError as exc:
-        log.warning("jevons: the ledger database cannot be opened now (%s); events are kept in the "
-                    "append log until it can", exc)
-        # the drain and queries use it as the ledger: every use opens it or raises LedgerError
-        ledger = cast("SQLLedger", DeferredLedger(lambda: open_ledger(settings),
-                                                  ledger_identity(settings), str(exc)))
+    def ledger_or_deferred() -> SQLLedger:
+        try:
+            return open_ledger(settings)
+        except LedgerError as exc:
+            log.warning("jevons: the ledger database cannot be opened now (%s); events are kept in "
+                        "the append log until it can", exc)
+            # the drain and queries use it as the ledger: every use opens it or raises LedgerError
+            return cast("SQLLedger", DeferredLedger(lambda: open_ledger(settings),
+                                                    ledger_identity(settings), str(exc)))
+
+    ledger = ledger_or_deferred()
     return JournaledStore(
         ledger,
         journal_dir(settings, ledger),
         durability=cfg.durability,
         flush_interval_ms=cfg.flush_interval_ms,
         recent_keys=cfg.recent_keys,
-        reopen=lambda: open_ledger(settings),
+        reopen=ledger_or_deferred,  # a forked child too starts while the database is down
         read_capture=read_capture,
     )

@@ -483,6 +483,8 @@ class SQLLedger:
             if q.status is not None:
                 clauses.append("(status = ? OR cost_status = ?)")
                 params += [q.status, q.status]
+        # text is matched as stored: a NUL stands as U+FFFD (``_nul_free``)
+        params = [p.replace(_NUL, _NUL_STAND_IN) if isinstance(p, str) else p for p in params]
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def query(self, q: EventQuery | None = None) -> list[Event]:

@@ -448,7 +448,12 @@ class JournaledStore:
         return len(lines)
 
     def query(self, q: EventQuery | None = None) -> list[Event]:
-        """Events matching ``q``, including every event appended before the call."""
+        """Events matching ``q``, including every event appended before the call. A database
+        not opened yet (down since start-up) raises ``LedgerError`` at once, without waiting
+        for a flush that cannot happen."""
+        opened = getattr(self.ledger, "opened", None)
+        if opened is not None:
+            opened()
         self.flush()
         return self.ledger.query(q)
 
@@ -603,10 +608,12 @@ class JournaledStore:
                     log_.prefault()
                 self._drain_once()
                 if time.monotonic() - self._last_recovery > 30.0:
-                    self._last_recovery = time.monotonic()
+                    # timed from a recovery that ran: one that failed (the database still down)
+                    # is tried again with the next drain, not 30 s later
                     self._stats["recovered"] += recover_journals(
                         self.ledger, self.directory, skip=self._own_paths(), read_capture=self._reader()
                     )
+                    self._last_recovery = time.monotonic()
                 backoff = self._interval
                 self.last_error = None
             except Exception as exc:  # the log keeps the events; retry later
