@@ -204,7 +204,7 @@ class Call:
         status has no common name)."""
         if self.done:
             return None
-        status_code = _status_of(exc)
+        status_code = http_status(exc)
         if extracted is None:
             attempts = self.http_attempts
             if status_code is None and attempts and isinstance(exc, Exception):
@@ -246,7 +246,7 @@ def _never_connected(exc: BaseException) -> bool:
     return False
 
 
-def _status_of(exc: BaseException) -> int | None:
+def http_status(exc: BaseException) -> int | None:
     """The HTTP status an SDK exception carries: ``status_code`` (httpx-based SDKs), ``code``
     (google-genai), or its response's ``status_code`` / ``status`` (aiohttp)."""
     response = getattr(exc, "response", None)

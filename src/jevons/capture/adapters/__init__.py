@@ -87,7 +87,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from jevons.capture.attribution import Attribution
 from jevons.capture.build import review_extracted
 from jevons.capture.extract import Extracted
-from jevons.capture.meter import CURRENT_CALL, Call
+from jevons.capture.meter import CURRENT_CALL, Call, http_status
 from jevons.capture.record import FieldSnapshot
 from jevons.usage import Usage
 
@@ -226,13 +226,13 @@ def install_attempt_hooks(http_client: Any) -> bool:
     return True
 
 
-def record_attempts(attempt: Callable[..., Any], status_of: Callable[[BaseException], int | None]
-                    ) -> Callable[..., Any]:
+def record_attempts(attempt: Callable[..., Any]) -> Callable[..., Any]:
     """``attempt`` (an SDK's function that makes one HTTP attempt, called again for each of its
     retries) recording each attempt of the metered call in flight, as the httpx hooks do, for
     transports they do not see (aiohttp, requests): the status of a success is taken as 200,
-    that of a failure from ``status_of(exc)`` (``None``: no response). An attempt the hooks
-    already counted is not counted twice; outside a metered call it only calls ``attempt``."""
+    that of a failure is the exception's (``Call.fail``'s rule, ``None``: no response). An
+    attempt the hooks already counted is not counted twice; outside a metered call it only
+    calls ``attempt``."""
     if inspect.iscoroutinefunction(attempt):
 
         @functools.wraps(attempt)
@@ -240,15 +240,8 @@ def record_attempts(attempt: Callable[..., Any], status_of: Callable[[BaseExcept
             call = _current_call()
             if call is None:
                 return await attempt(*args, **kwargs)
-            attempts = call.http_attempts
-            seen = len(attempts)
-            try:
-                result = await attempt(*args, **kwargs)
-            except BaseException as exc:
-                _note_attempt(attempts, seen, _safe_status(status_of, exc))
-                raise
-            _note_attempt(attempts, seen, 200)
-            return result
+            with _attempt_of(call):
+                return await attempt(*args, **kwargs)
 
         return arecorded
 
@@ -257,31 +250,26 @@ def record_attempts(attempt: Callable[..., Any], status_of: Callable[[BaseExcept
         call = _current_call()
         if call is None:
             return attempt(*args, **kwargs)
-        attempts = call.http_attempts
-        seen = len(attempts)
-        try:
-            result = attempt(*args, **kwargs)
-        except BaseException as exc:
-            _note_attempt(attempts, seen, _safe_status(status_of, exc))
-            raise
-        _note_attempt(attempts, seen, 200)
-        return result
+        with _attempt_of(call):
+            return attempt(*args, **kwargs)
 
     return recorded
 
 
-def _note_attempt(attempts: list[int | None], seen: int, status: int | None) -> None:
-    """This attempt's entry, unless the httpx hooks already made it (``seen``: entries before)."""
-    if len(attempts) == seen:
-        attempts.append(status)
-
-
-def _safe_status(status_of: Callable[[BaseException], int | None], exc: BaseException) -> int | None:
+@contextlib.contextmanager
+def _attempt_of(call: Call) -> Iterator[None]:
+    """One entry in ``call.http_attempts`` for the attempt made in the block, unless the httpx
+    hooks already made it: 200 when it returns, the exception's HTTP status when it raises."""
+    attempts = call.http_attempts
+    seen = len(attempts)
     try:
-        code = status_of(exc)
-    except Exception:
-        return None
-    return code if isinstance(code, int) else None
+        yield
+    except BaseException as exc:
+        if len(attempts) == seen:
+            attempts.append(http_status(exc))
+        raise
+    if len(attempts) == seen:
+        attempts.append(200)
 
 
 # ---------------------------------------------------------------------- methods

@@ -417,12 +417,6 @@ def _observe(call: Call, iterator: Any) -> Any:
     return observe_sync(call, iterate_in_call(call, iterator), state)
 
 
-def _error_status(exc: BaseException) -> int | None:
-    """The HTTP status of a failed attempt: ``errors.APIError.code`` (whatever the transport)."""
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, int) else None
-
-
 def _always_stream(kwargs: dict[str, Any]) -> bool:
     return True
 
@@ -496,7 +490,7 @@ class GeminiAdapter:
         for name in ("_request_once", "_async_request_once"):
             attempt = getattr(own_api, name, None)
             if callable(attempt):
-                patch_method(own_api, name, record_attempts(attempt, _error_status))
+                patch_method(own_api, name, record_attempts(attempt))
         new._models._api_client = own_api
         new._aio._models._api_client = own_api
         for models in (new._models, new._aio._models):
