@@ -116,3 +116,19 @@ def test_a_dsn_with_a_password_from_the_environment_is_fine(tmp_path: Path) -> N
     dsn = "postgresql://app:hunter2@db/billing"
     assert load_settings(path, environ={"APP_DSN": dsn}).ledger.dsn_env == "APP_DSN"
     assert load_settings(path, environ={"JEVONS_LEDGER__DSN": dsn}).ledger.dsn == dsn
+
+
+def test_a_sink_shows_the_same_kind_built_or_read_from_the_config(
+    tmp_path: Path, ledger: SQLLedger, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Outbox.status`` (built sinks) and ``jevons outbox status`` (config only) name a sink's
+    kind alike: its config ``type``."""
+    from jevons.sinks import sink_kinds
+
+    path = tmp_path / "jevons.toml"
+    path.write_text('[sinks.s]\ntype = "stripe"\nurl = "http://x"\napi_key_env = "K"\n'
+                    '[sinks.o]\ntype = "openmeter"\nurl = "http://x"\n')
+    monkeypatch.setenv("K", "sk")
+    settings = load_settings(path)
+    built = {s.sink: s.kind for s in Outbox(ledger, build_sinks(settings)).status()}
+    assert built == sink_kinds(settings) == {"s": "stripe", "o": "openmeter"}

@@ -41,6 +41,7 @@ __all__ = [
     "SinkError",
     "SinkUnavailable",
     "TransientError",
+    "kind_of",
     "parse_retry_after",
     "rfc3339",
 ]
@@ -88,7 +89,8 @@ class SinkUnavailable(SinkError):
 
 class Sink(Protocol):
     """Also read when present: ``concurrency`` (requests in flight at once, default the
-    outbox's; 1 keeps delivery in ledger order)."""
+    outbox's; 1 keeps delivery in ledger order), and ``kind`` (the ``[sinks.<name>] type`` it
+    is built from, shown by ``outbox status``; default: the class name, see ``kind_of``)."""
 
     name: str
     max_batch: int  # wire records per request
@@ -121,6 +123,13 @@ def rfc3339(ts: datetime) -> str:
     taken as UTC, as the ledger takes them."""
     utc = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
     return utc.isoformat().replace("+00:00", "Z")
+
+
+def kind_of(sink: object) -> str:
+    """A sink's kind as ``outbox status`` shows it: its ``kind`` (the config ``type`` of the
+    built-in sinks), else its class name without ``Sink``, lower case."""
+    kind = getattr(sink, "kind", None)
+    return kind if isinstance(kind, str) else type(sink).__name__.removesuffix("Sink").lower()
 
 
 class HttpSink:

@@ -30,6 +30,7 @@ SIGNATURE_HEADER = "X-Jevons-Signature"
 
 
 class JsonlSink:
+    kind = "jsonl"
     max_batch = 1000
     concurrency = 1  # one writer keeps the file in ledger order
 
@@ -78,6 +79,7 @@ def verify(secret: bytes, body: bytes, header: str, *, tolerance_s: float = 300.
 
 
 class WebhookSink(HttpSink):
+    kind = "webhook"
     max_batch = 100
 
     def __init__(self, name: str, url: str, secret: str | None, *, timeout: float = 10.0,

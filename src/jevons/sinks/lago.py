@@ -72,6 +72,7 @@ def lago_timestamp(event: Event) -> str:
 
 
 class LagoSink(HttpSink):
+    kind = "lago"
     max_batch = 100
 
     def __init__(

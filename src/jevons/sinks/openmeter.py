@@ -23,6 +23,7 @@ __all__ = ["OpenMeterSink"]
 
 
 class OpenMeterSink(HttpSink):
+    kind = "openmeter"
     max_batch = 100
 
     def __init__(

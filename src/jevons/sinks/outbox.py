@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from jevons.events import Event
 from jevons.ledger.database import SQLLedger
 from jevons.ledger.schema import now_us
-from jevons.sinks.base import Hold, Record, RejectedError, Sink, SinkUnavailable, TransientError
+from jevons.sinks.base import Hold, Record, RejectedError, Sink, SinkUnavailable, TransientError, kind_of
 
 __all__ = ["DrainReport", "Outbox", "OutboxWorker", "RetryPolicy", "SinkStatus", "sink_statuses"]
 
@@ -404,9 +404,7 @@ class Outbox:
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> list[SinkStatus]:
-        return sink_statuses(self.ledger, {
-            name: type(sink).__name__.removesuffix("Sink").lower() for name, sink in self.sinks.items()
-        })
+        return sink_statuses(self.ledger, {name: kind_of(sink) for name, sink in self.sinks.items()})
 
     def close(self) -> None:
         for sink in self.sinks.values():

@@ -25,6 +25,7 @@ __all__ = ["StripeMeterSink"]
 
 
 class StripeMeterSink(HttpSink):
+    kind = "stripe"
     max_batch = 100
 
     def __init__(
