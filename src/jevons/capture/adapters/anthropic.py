@@ -195,6 +195,11 @@ class AnthropicStreamState:
                 self.raw[key] = value
 
     @property
+    def reported_model(self) -> str | None:
+        """The model the event names: the reply's, unless the host prices by the id as called."""
+        return self.model if self.report_model else None
+
+    @property
     def has_usage(self) -> bool:
         return "input_tokens" in self.raw or "output_tokens" in self.raw
 
@@ -212,7 +217,7 @@ class AnthropicStreamState:
         cut off before ``message_start`` is one request of unknown usage; one whose usage
         blocks have neither count (or that had none) is a shape this adapter does not know:
         ``UnknownShape``, and ``review()`` gives its event."""
-        model = self.model if self.report_model else None
+        model = self.reported_model
         if not self.has_usage:
             if self.raw or self.started:
                 raise UnknownShape(f"Anthropic stream usage in an unknown shape: {self.raw}")
@@ -229,7 +234,7 @@ class AnthropicStreamState:
 
     def review(self) -> Extracted:
         """The usage the stream reported, in a shape not known here: unpriced, kept for review."""
-        return review_usage(dict(self.raw) or None, self.model if self.report_model else None)
+        return review_usage(dict(self.raw) or None, self.reported_model)
 
 
 # ---------------------------------------------------------------------- wrapping
