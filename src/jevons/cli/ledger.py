@@ -116,7 +116,9 @@ def _ledger_session(settings: Settings | None = None) -> Iterator[SQLLedger]:
 
 
 def _utc(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    from jevons.ledger.codec import from_micros
+
+    return from_micros(us).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _echo_report(line: str, stopped: str | None) -> bool:
@@ -170,6 +172,7 @@ def register(app: typer.Typer) -> None:
         """Dead-lettered events, per sink, with the reason the sink refused each."""
         from jevons.config import load_settings
         from jevons.sinks import sink_kinds
+        from jevons.ledger.codec import from_micros
         from jevons.sinks.outbox import DEAD_LETTER
 
         rows: list[dict[str, Any]] = []
@@ -186,7 +189,7 @@ def register(app: typer.Typer) -> None:
                             "sink": name, "seq": p.seq,
                             "idempotency_key": event.idempotency_key if event else None,
                             "customer": event.customer if event else None,
-                            "parked_at": datetime.fromtimestamp(p.parked_at_us / 1e6, UTC).isoformat(),
+                            "parked_at": from_micros(p.parked_at_us).isoformat(),
                             "parked_at_us": p.parked_at_us,
                             "error": p.error,
                         })
