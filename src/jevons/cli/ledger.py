@@ -171,8 +171,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Dead-lettered events, per sink, with the reason the sink refused each."""
         from jevons.config import load_settings
-        from jevons.sinks import sink_kinds
         from jevons.ledger.codec import from_micros
+        from jevons.sinks import sink_kinds
         from jevons.sinks.outbox import DEAD_LETTER
 
         rows: list[dict[str, Any]] = []
