@@ -165,6 +165,18 @@ class Usage:
             - self.cache_write_1h_tokens
         )
 
+    def uncached_input_split(self) -> tuple[int, int, int]:
+        """``(text, audio, image)`` tokens of the uncached input, which they add up to.
+
+        Modality is orthogonal to caching and no provider says which cached tokens were audio
+        or image, so audio is taken from the uncached input first (capped by it), then image
+        from what is left. One rule for everything that splits input by modality: the cost
+        core prices these parts, and token-mode sinks bill them (``jevons.sinks.buckets``)."""
+        uncached = self.uncached_input_tokens
+        audio = min(self.audio_input_tokens, uncached)
+        image = min(self.image_input_tokens, uncached - audio)
+        return uncached - audio - image, audio, image
+
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens

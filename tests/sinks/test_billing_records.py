@@ -43,6 +43,34 @@ def test_cache_writes_by_ttl_are_their_own_buckets_and_requests_are_opt_in() -> 
     assert _counts(with_requests.prepare(event))["llm_requests"] == "1"
 
 
+def test_token_classes_with_their_own_rates_are_opt_in_buckets_carved_from_their_parent() -> None:
+    """Reasoning, audio and image tokens are subsets of output / input: billed as their own
+    bucket only when given a code, and then taken out of the parent, so that every token is
+    billed once. Input is split by the cost core's rule (audio from the uncached input first,
+    capped by it; here 800 audio tokens against 700 uncached)."""
+    usage = Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=300, audio_input_tokens=800,
+                  reasoning_tokens=200, audio_output_tokens=100)
+    event = make_event(1, key="K", usage=usage, customer="sub_1")
+    assert _counts(LagoSink("l", "http://x", None).prepare(event)) == {
+        "llm_input_tokens": "700", "llm_cached_input_tokens": "300", "llm_output_tokens": "500"}
+    codes = {"reasoning": "llm_reasoning_tokens", "audio_input": "llm_audio_in",
+             "image_input": "llm_image_in", "audio_output": "llm_audio_out", "image_output": "llm_image_out"}
+    split = LagoSink("l", "http://x", None, metric_codes=codes).prepare(event)
+    assert _counts(split) == {
+        "llm_audio_in": "700", "llm_cached_input_tokens": "300", "llm_output_tokens": "200",
+        "llm_reasoning_tokens": "200", "llm_audio_out": "100"}  # no text input left, no images
+    assert sum(int(n) for n in _counts(split).values()) == usage.total_tokens
+    assert usage.uncached_input_split() == (0, 700, 0)
+    stripe_sink = StripeMeterSink("s", "http://x", "sk", event_names={"reasoning": "reasoning_tokens"})
+    stripe = stripe_sink.prepare(event)
+    assert isinstance(stripe, list)
+    assert {r["event_name"]: r["payload"]["value"] for r in stripe} == {
+        "llm_input_tokens": "700", "llm_cached_input_tokens": "300", "llm_output_tokens": "300",
+        "reasoning_tokens": "200"}
+    with pytest.raises(ValueError, match="unknown usage bucket"):
+        LagoSink("l", "http://x", None, metric_codes={"thinking": "x"})
+
+
 @pytest.mark.parametrize("make", [
     lambda codes: LagoSink("l", "http://x", None, metric_codes=codes),
     lambda codes: StripeMeterSink("s", "http://x", "sk", event_names=codes),

@@ -292,12 +292,10 @@ def price_usage(
     counts: tuple[int, ...]
     web_searches = usage.web_search_requests
     if write_5m or write_1h or audio_in or image_in or audio_out or image_out or web_searches:
-        uncached = input_tokens - cache_read - write_5m - write_1h
-        audio_in = min(audio_in, uncached)
-        image_in = min(image_in, uncached - audio_in)
+        text_in, audio_in, image_in = usage.uncached_input_split()
         rows = plan.rows
         counts = (
-            uncached - audio_in - image_in, cache_read, write_5m, write_1h, audio_in, image_in,
+            text_in, cache_read, write_5m, write_1h, audio_in, image_in,
             output_tokens - reasoning - audio_out - image_out, reasoning, audio_out, image_out,
             web_searches,
         )

@@ -11,6 +11,12 @@
 - ``requests``: one per call, for a price with a per-request part. Opt in (give it a code):
   by default it is not sent, since it would add one billing record to every call.
 
+Token classes that models price at their own rates can be billed as their own buckets, opt in
+(give one a code): ``reasoning``, ``audio_output`` and ``image_output`` are then taken out of
+``output``, and ``audio_input`` and ``image_input`` out of ``input`` (the uncached input,
+split by ``Usage.uncached_input_split``, the cost core's rule), so the buckets stay disjoint.
+Without a code they stay inside ``output`` / ``input``, as before.
+
 ``metric_codes(sink, overrides)`` is the bucket -> code/event-name mapping a sink sends: the
 defaults merged with the config's ``metric_codes``. Two buckets under one code are refused: their
 records would share an idempotency key (``<key>:<code>``), and the billing system would keep
@@ -23,7 +29,7 @@ from collections.abc import Callable, Mapping
 
 from jevons.usage import Usage
 
-__all__ = ["BUCKETS", "DEFAULT_METRIC_CODES", "bucket_counts", "metric_codes"]
+__all__ = ["BUCKETS", "CARVED_FROM", "DEFAULT_METRIC_CODES", "bucket_counts", "metric_codes"]
 
 BUCKETS: dict[str, Callable[[Usage], int]] = {
     "input": lambda u: u.uncached_input_tokens,
@@ -34,6 +40,26 @@ BUCKETS: dict[str, Callable[[Usage], int]] = {
     "web_search": lambda u: u.web_search_requests,
     "requests": lambda u: u.requests,
 }
+
+#: opt-in buckets carved out of a default one: given a code, their tokens leave the parent
+CARVED_FROM: dict[str, str] = {
+    "audio_input": "input",
+    "image_input": "input",
+    "reasoning": "output",
+    "audio_output": "output",
+    "image_output": "output",
+}
+_CARVED: dict[str, Callable[[Usage], int]] = {
+    "audio_input": lambda u: u.uncached_input_split()[1],
+    "image_input": lambda u: u.uncached_input_split()[2],
+    "reasoning": lambda u: u.reasoning_tokens,
+    "audio_output": lambda u: u.audio_output_tokens,
+    "image_output": lambda u: u.image_output_tokens,
+}
+#: every bucket a sink can send, in the order its records go out (parts after their parent)
+_ORDER = ("input", "audio_input", "image_input", "cached_input", "cache_write", "cache_write_1h",
+          "output", "reasoning", "audio_output", "image_output", "web_search", "requests")
+assert set(_ORDER) == set(BUCKETS) | set(CARVED_FROM)
 
 #: the buckets sent unless configured otherwise (``requests`` is opt-in), and their codes
 DEFAULT_METRIC_CODES: dict[str, str] = {
@@ -49,9 +75,9 @@ DEFAULT_METRIC_CODES: dict[str, str] = {
 def metric_codes(sink: str, overrides: Mapping[str, str] | None) -> dict[str, str]:
     """Bucket -> code for ``sink``: the defaults, then ``overrides``. ``ValueError`` for an
     unknown bucket or a code given to two buckets."""
-    unknown = set(overrides or {}) - set(BUCKETS)
+    unknown = set(overrides or {}) - set(_ORDER)
     if unknown:
-        raise ValueError(f"sink {sink}: unknown usage bucket(s) {sorted(unknown)}; known: {sorted(BUCKETS)}")
+        raise ValueError(f"sink {sink}: unknown usage bucket(s) {sorted(unknown)}; known: {sorted(_ORDER)}")
     codes = {**DEFAULT_METRIC_CODES, **(overrides or {})}
     seen: dict[str, str] = {}
     for bucket, code in codes.items():
@@ -63,12 +89,16 @@ def metric_codes(sink: str, overrides: Mapping[str, str] | None) -> dict[str, st
 
 
 def bucket_counts(usage: Usage, codes: Mapping[str, str]) -> list[tuple[str, int]]:
-    """``(code, count)`` of each bucket in ``codes`` with a non-zero count, in bucket order."""
-    out: list[tuple[str, int]] = []
+    """``(code, count)`` of each bucket in ``codes`` with a non-zero count, in bucket order;
+    a carved-out bucket in ``codes`` (``CARVED_FROM``) leaves its parent's count."""
+    counts: dict[str, int] = {}
     for bucket, count_of in BUCKETS.items():
-        code = codes.get(bucket)
-        if code is not None:
-            count = count_of(usage)
-            if count:
-                out.append((code, count))
-    return out
+        if bucket in codes:
+            counts[bucket] = count_of(usage)
+    for bucket, parent in CARVED_FROM.items():
+        if bucket in codes:
+            part = _CARVED[bucket](usage)
+            counts[bucket] = part
+            if parent in counts:
+                counts[parent] -= part
+    return [(codes[b], counts[b]) for b in _ORDER if counts.get(b)]
