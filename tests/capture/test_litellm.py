@@ -174,3 +174,37 @@ def test_calls_over_the_run_budget_are_recorded_in_the_run_not_blocked(
     assert sorted((e.run_id, e.step) for e in events) == [("lite-budget", i) for i in (1, 2, 3)]
     assert run.steps == 3 and run.cost_usd == 3 * events[0].cost.total_usd  # type: ignore[operator]
     assert meter.stats()["blocked"] == 0
+
+
+def test_one_call_seen_by_two_threads_at_once_takes_one_run_step(meter: Meter, callback: Any) -> None:
+    """LiteLLM's hooks for one call can run on the caller's thread and on its logging worker:
+    the first sight of a call id starts it once, however the two threads interleave."""
+    import contextvars
+    import threading
+
+    started: list[int] = []
+    original = callback._start
+    both_in = threading.Barrier(2, timeout=5)
+
+    def slow_start(kwargs: Any) -> Any:
+        started.append(1)
+        time.sleep(0.05)  # the other thread arrives meanwhile
+        return original(kwargs)
+
+    callback._start = slow_start
+    kwargs = {"litellm_call_id": "same-call", "model": "gpt-4o-mini", "custom_llm_provider": "openai"}
+    entries: list[Any] = []
+
+    def see() -> None:
+        both_in.wait()
+        entries.append(callback._entry(kwargs)[1])
+
+    with meter.run("lite-race") as run:
+        # each thread inside the run, as LiteLLM's worker is (it copies the caller's context)
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(see,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(started) == 1 and entries[0] is entries[1]
+        assert run.steps == 1 and entries[0].call.step == 1

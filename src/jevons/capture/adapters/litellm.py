@@ -180,15 +180,16 @@ class JevonsLiteLLMCallback(CustomLogger):
         return call
 
     def _entry(self, kwargs: Mapping[str, Any]) -> tuple[str, _Pending]:
+        """The pending call of ``kwargs``' ``litellm_call_id``, started on first sight. It is
+        started under the lock: two hooks of one call on two threads (the caller's and
+        LiteLLM's logging worker) must not both start it, which took two run steps."""
         call_id = str(kwargs.get("litellm_call_id") or "")
+        if not call_id:
+            return call_id, _Pending(self._start(kwargs))
         with self._lock:
-            entry = self._pending.get(call_id) if call_id else None
-        if entry is not None:
-            return call_id, entry
-        entry = _Pending(self._start(kwargs))
-        if call_id:
-            with self._lock:
-                entry = self._pending.setdefault(call_id, entry)
+            entry = self._pending.get(call_id)
+            if entry is None:
+                entry = self._pending[call_id] = _Pending(self._start(kwargs))
                 while len(self._pending) > _MAX_PENDING:
                     self._pending.popitem(last=False)
         return call_id, entry
