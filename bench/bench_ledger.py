@@ -14,7 +14,7 @@ Measured in one run, each beside a peer so that the machine's speed cancels out:
 PostgreSQL parts run when ``JEVONS_TEST_PG_DSN`` is set (a throw-away schema is used and
 dropped). The capture overhead with durability on is ``bench/bench_capture.py --ledger default``.
 
-    .venv/bin/python bench/bench_ledger.py [--events 50000] [--latency-events 20000]
+    .venv/bin/python bench/bench_ledger.py [--events 50000] [--latency-events 20000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import sqlite3
+import statistics
 import tempfile
 import threading
 import time
@@ -183,30 +184,50 @@ def run(args: argparse.Namespace) -> None:
               f"   ({n50 / j50:.0f}x faster than commit-per-event at p50)")
 
     n = args.events
-    print(f"\n2. durable record throughput, {n} events in batches of 1,000, events/s")
+    reps = args.repeats
+    print(f"\n2. durable record throughput, {n} events in batches of 1,000, events/s "
+          f"(median of {reps} runs, then the range: one run swings by a fifth on shared cores)")
     print("   keys: 'meter' = the ids jevons.Meter gives every event (prefix + counter), the")
     print("   goal's case; 'random' = uuid4, as a caller's own idempotency keys may be")
+
+    def record_rate(make: Callable[[], SQLLedger], keys: str, label: str) -> tuple[float, int]:
+        events = make_events(n, keys)
+        store = JournaledStore(make(), tmp / f"journal-batch-{label}-{uuid.uuid4().hex[:6]}")
+        t = time.perf_counter()
+        for i in range(0, n, 1000):
+            store.append_many(events[i : i + 1000])
+        store.flush(timeout=600)
+        rate = n / (time.perf_counter() - t)
+        stored = store.ledger.count()
+        store.close()
+        return rate, stored
+
+    def summary(rates: list[float]) -> str:
+        return f"{statistics.median(rates):10,.0f}/s   ({min(rates):,.0f}-{max(rates):,.0f})"
+
     for name, make in backends:
         goal = 100_000 if name == "sqlite" else 30_000
+        results: dict[str, list[float]] = {"meter": [], "random": [], "peer": [], "peer-mem": []}
+        stored_counts: set[int] = set()
+        for _ in range(reps):  # interleaved, so that drift in the machine's speed hits all alike
+            for keys in ("meter", "random"):
+                rate, stored = record_rate(make, keys, f"{name}-{keys}")
+                results[keys].append(rate)
+                stored_counts.add(stored)
+            if name == "sqlite":
+                results["peer"].append(raw_sqlite_rate(tmp / f"raw-{uuid.uuid4().hex}.db",
+                                                       make_events(n, "meter")))
+                results["peer-mem"].append(raw_sqlite_rate(tmp / f"raw-mem-{uuid.uuid4().hex}.db",
+                                                           make_events(n, "meter"), in_memory=True))
         for keys in ("meter", "random"):
-            events = make_events(n, keys)
-            store = JournaledStore(make(), tmp / f"journal-batch-{name}-{keys}")
-            t = time.perf_counter()
-            for i in range(0, n, 1000):
-                store.append_many(events[i : i + 1000])
-            store.flush(timeout=600)
-            rate = n / (time.perf_counter() - t)
-            stored = store.ledger.count()
-            store.close()
-            print(f"  append log + group commit -> {name:8s} {keys:6s} {rate:10,.0f}/s   "
-                  f"(goal {goal:,}: {rate / goal:.2f}x; {stored} stored)")
+            rate = statistics.median(results[keys])
+            print(f"  append log + group commit -> {name:8s} {keys:6s} {summary(results[keys])}   "
+                  f"(goal {goal:,}: {rate / goal:.2f}x; stored {sorted(stored_counts)})")
         if name == "sqlite":
-            rate = raw_sqlite_rate(tmp / "raw.db", make_events(n, "meter"))
-            print(f"  peer: sqlite3 executemany, same rows   {rate:10,.0f}/s   (the database alone: "
-                  "a WAL file, the same table and indexes, no jevons)")
-            rate = raw_sqlite_rate(tmp / "raw-mem.db", make_events(n, "meter"), in_memory=True)
-            print(f"  peer: the same, in memory              {rate:10,.0f}/s   (no file, no I/O: "
-                  "the SQLite library's own cost a row on this CPU)")
+            print(f"  peer: sqlite3 executemany, same rows   {summary(results['peer'])}   (the database "
+                  "alone: a WAL file, the same table and indexes, no jevons)")
+            print(f"  peer: the same, in memory              {summary(results['peer-mem'])}   (no file, "
+                  "no I/O: the SQLite library's own cost a row on this CPU)")
 
     print(f"\n3. drain to a local Lago-shaped server, {n} events, price mode, 100 a request")
     server = ThreadingHTTPServer(("127.0.0.1", 0), LagoShaped)
@@ -236,6 +257,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--latency-events", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of part 2 (median printed)")
     run(parser.parse_args())
 
 
