@@ -88,6 +88,7 @@ def raw_sqlite_rate(path: Path, events: list[Event], *, in_memory: bool = False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
     rows = [index_row(e, encode_event(e)) for e in events]
+    os.sync()  # as before every timed run: no earlier run's write-back during this one
     sql = (f"INSERT INTO jevons_events ({', '.join(ROW_COLUMNS)}) VALUES "
            f"({', '.join('?' * len(ROW_COLUMNS))}) ON CONFLICT (idempotency_key) DO NOTHING")
     t = time.perf_counter()
@@ -193,6 +194,7 @@ def run(args: argparse.Namespace) -> None:
     def record_rate(make: Callable[[], SQLLedger], keys: str, label: str) -> tuple[float, int]:
         events = make_events(n, keys)
         store = JournaledStore(make(), tmp / f"journal-batch-{label}-{uuid.uuid4().hex[:6]}")
+        os.sync()  # the previous run's dirty pages are written back now, not during this one
         t = time.perf_counter()
         for i in range(0, n, 1000):
             store.append_many(events[i : i + 1000])
