@@ -89,7 +89,8 @@ class SinkConfig(BaseModel):
     max_attempts: int = Field(default=8, ge=1)
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=60.0, ge=0)
-    metric_codes: dict[str, str] = Field(default_factory=dict)  # usage bucket -> Lago code / Stripe event
+    # usage bucket -> Lago metric code / Stripe event name / OpenMeter data field
+    metric_codes: dict[str, str] = Field(default_factory=dict)
     cost_metric_code: str = "llm_cost"
     api_url: str | None = None  # Stripe: where meter event sessions are made (default: url)
     source: str = "jevons"  # OpenMeter CloudEvents source

@@ -71,6 +71,29 @@ def test_token_classes_with_their_own_rates_are_opt_in_buckets_carved_from_their
         LagoSink("l", "http://x", None, metric_codes={"thinking": "x"})
 
 
+def test_openmeter_takes_the_opt_in_token_classes_from_the_config(tmp_path: Path) -> None:
+    """For OpenMeter, ``metric_codes`` names ``data`` fields: by default every bucket as
+    ``<bucket>_billable`` (zeros included); a token class given a field leaves its parent's."""
+    usage = Usage(input_tokens=1000, output_tokens=500, reasoning_tokens=200)
+    event = make_event(1, key="K", usage=usage, customer="sub_1")
+    plain = OpenMeterSink("o", "http://x", None).prepare(event)
+    assert isinstance(plain, list)
+    billable = {k: v for k, v in plain[0]["data"].items() if k.endswith("_billable")}
+    assert billable == {"input_billable": 1000, "cached_input_billable": 0, "cache_write_billable": 0,
+                        "cache_write_1h_billable": 0, "output_billable": 500, "web_search_billable": 0,
+                        "requests_billable": 1}
+    path = tmp_path / "jevons.toml"
+    path.write_text('[sinks.o]\ntype = "openmeter"\nurl = "http://x"\n'
+                    'metric_codes = { reasoning = "reasoning_billable" }\n')
+    (sink,) = build_sinks(load_settings(path, environ={})).values()
+    split = sink.prepare(event)
+    assert isinstance(split, list)
+    data = split[0]["data"]
+    assert (data["output_billable"], data["reasoning_billable"], data["reasoning_tokens"]) == (300, 200, 200)
+    with pytest.raises(ValueError, match="overwrite the event's own data"):
+        OpenMeterSink("o", "http://x", None, billable_fields={"reasoning": "reasoning_tokens"})
+
+
 @pytest.mark.parametrize("make", [
     lambda codes: LagoSink("l", "http://x", None, metric_codes=codes),
     lambda codes: StripeMeterSink("s", "http://x", "sk", event_names=codes),

@@ -92,7 +92,7 @@ def build_sink(name: str, cfg: SinkConfig, settings: Settings, *,
             return OpenMeterSink(
                 name, url, _secret(name, cfg, "api_key_env", cfg.api_key_env, required=False),
                 source=cfg.source, event_type=cfg.event_type, timeout=cfg.timeout_seconds,
-                batch_size=cfg.batch_size,
+                batch_size=cfg.batch_size, billable_fields=cfg.metric_codes,
             )
         if cfg.type == "jsonl":
             path = Path(cfg.path).expanduser() if cfg.path else settings.home_dir / "sinks" / f"{name}.jsonl"

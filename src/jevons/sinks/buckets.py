@@ -72,13 +72,14 @@ DEFAULT_METRIC_CODES: dict[str, str] = {
 }
 
 
-def metric_codes(sink: str, overrides: Mapping[str, str] | None) -> dict[str, str]:
-    """Bucket -> code for ``sink``: the defaults, then ``overrides``. ``ValueError`` for an
+def metric_codes(sink: str, overrides: Mapping[str, str] | None,
+                 defaults: Mapping[str, str] = DEFAULT_METRIC_CODES) -> dict[str, str]:
+    """Bucket -> code for ``sink``: ``defaults``, then ``overrides``. ``ValueError`` for an
     unknown bucket or a code given to two buckets."""
     unknown = set(overrides or {}) - set(_ORDER)
     if unknown:
         raise ValueError(f"sink {sink}: unknown usage bucket(s) {sorted(unknown)}; known: {sorted(_ORDER)}")
-    codes = {**DEFAULT_METRIC_CODES, **(overrides or {})}
+    codes = {**defaults, **(overrides or {})}
     seen: dict[str, str] = {}
     for bucket, code in codes.items():
         if code in seen:
@@ -88,9 +89,10 @@ def metric_codes(sink: str, overrides: Mapping[str, str] | None) -> dict[str, st
     return codes
 
 
-def bucket_counts(usage: Usage, codes: Mapping[str, str]) -> list[tuple[str, int]]:
-    """``(code, count)`` of each bucket in ``codes`` with a non-zero count, in bucket order;
-    a carved-out bucket in ``codes`` (``CARVED_FROM``) leaves its parent's count."""
+def bucket_counts(usage: Usage, codes: Mapping[str, str], *, zeros: bool = False) -> list[tuple[str, int]]:
+    """``(code, count)`` of each bucket in ``codes`` with a non-zero count (every one with
+    ``zeros``), in bucket order; a carved-out bucket in ``codes`` (``CARVED_FROM``) leaves
+    its parent's count."""
     counts: dict[str, int] = {}
     for bucket, count_of in BUCKETS.items():
         if bucket in codes:
@@ -101,4 +103,4 @@ def bucket_counts(usage: Usage, codes: Mapping[str, str]) -> list[tuple[str, int
             counts[bucket] = part
             if parent in counts:
                 counts[parent] -= part
-    return [(codes[b], counts[b]) for b in _ORDER if counts.get(b)]
+    return [(codes[b], counts[b]) for b in _ORDER if b in counts and (zeros or counts[b])]

@@ -5,21 +5,30 @@ One CloudEvent per call to ``POST {url}/api/v1/events``: ``id`` = the idempotenc
 (``id``, ``source``). ``subject`` is the customer, ``type`` the configured event type
 (default ``llm.call``); ``data`` carries every token count, the model and provider, and the
 cost (USD as a decimal string, ``null`` when unpriced) with its price version, so meters can
-aggregate ``$.input_tokens`` or group by ``$.model``.
+aggregate ``$.input_tokens`` or group by ``$.model``. ``data`` also carries the billable
+buckets (``jevons.sinks.buckets``) as ``<bucket>_billable`` fields, zeros included: every
+default bucket and ``requests``, and the opt-in token classes (``reasoning``, ``audio_input``…)
+given a field name in ``metric_codes``, which then leave their parent's field.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jevons.events import Event
 from jevons.sinks.base import Hold, HttpSink, Record, rfc3339
-from jevons.sinks.buckets import BUCKETS
+from jevons.sinks.buckets import BUCKETS, bucket_counts, metric_codes
 from jevons.sinks.lago import decimal_str
+from jevons.usage import USAGE_FIELDS
 
 __all__ = ["OpenMeterSink"]
+
+_DEFAULT_FIELDS = {bucket: f"{bucket}_billable" for bucket in BUCKETS}
+#: what ``data`` holds besides the billable fields (a billable field must not replace one)
+_OTHER_FIELDS = frozenset({*USAGE_FIELDS, "provider", "model", "model_requested", "status", "cost_usd",
+                           "cost_status", "price_version", "feature", "run_id"})
 
 
 class OpenMeterSink(HttpSink):
@@ -36,6 +45,7 @@ class OpenMeterSink(HttpSink):
         event_type: str = "llm.call",
         timeout: float = 10.0,
         batch_size: int = 100,
+        billable_fields: Mapping[str, str] | None = None,
     ) -> None:
         headers = {"Content-Type": "application/cloudevents-batch+json"}
         if api_key:
@@ -44,6 +54,12 @@ class OpenMeterSink(HttpSink):
         self.source = source
         self.event_type = event_type
         self.max_batch = max(1, batch_size)
+        #: bucket -> ``data`` field: ``<bucket>_billable`` for the default buckets, then the config's
+        self.billable_fields = metric_codes(name, billable_fields, _DEFAULT_FIELDS)
+        taken = set(self.billable_fields.values()) & _OTHER_FIELDS
+        if taken:
+            raise ValueError(f"sink {name}: billable field(s) {sorted(taken)} would overwrite the "
+                             "event's own data fields of that name")
 
     def prepare(self, event: Event) -> list[Record] | Hold:
         if not event.attributed:
@@ -55,8 +71,8 @@ class OpenMeterSink(HttpSink):
             "status": event.status,
             **event.usage.to_dict(),
         }
-        for bucket, count_of in BUCKETS.items():
-            data[f"{bucket}_billable"] = count_of(event.usage)
+        for field, count in bucket_counts(event.usage, self.billable_fields, zeros=True):
+            data[field] = count
         total = event.cost.total_usd
         data["cost_usd"] = None if total is None else decimal_str(total)
         data["cost_status"] = event.cost.status
