@@ -260,7 +260,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--latency-events", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3, help="runs of part 2 (median printed)")
-    run(parser.parse_args())
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    run(args)
 
 
 if __name__ == "__main__":

@@ -208,3 +208,24 @@ def test_one_call_seen_by_two_threads_at_once_takes_one_run_step(meter: Meter, c
             t.join()
         assert len(started) == 1 and entries[0] is entries[1]
         assert run.steps == 1 and entries[0].call.step == 1
+
+
+def test_an_on_error_hook_that_calls_litellm_again_does_not_hang(meter: Meter, callback: Any) -> None:
+    """A call is started under the callback's lock; something reported while starting it (the
+    ``on_error`` hook, a log handler) may make a LiteLLM call of its own on the same thread."""
+    import threading
+
+    original = callback._start
+
+    def start_reentering(kwargs: Any) -> Any:
+        if kwargs["litellm_call_id"] == "outer":
+            callback._entry({"litellm_call_id": "inner", "model": "gpt-4o-mini"})
+        return original(kwargs)
+
+    callback._start = start_reentering
+    outer = {"litellm_call_id": "outer", "model": "gpt-4o-mini"}
+    worker = threading.Thread(target=callback._entry, args=(outer,), daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+    assert set(callback._pending) == {"outer", "inner"}

@@ -92,6 +92,11 @@ def test_openmeter_takes_the_opt_in_token_classes_from_the_config(tmp_path: Path
     assert (data["output_billable"], data["reasoning_billable"], data["reasoning_tokens"]) == (300, 200, 200)
     with pytest.raises(ValueError, match="overwrite the event's own data"):
         OpenMeterSink("o", "http://x", None, billable_fields={"reasoning": "reasoning_tokens"})
+    # a Lago table's codes copied here would rename input_billable: meters on it would count nothing
+    path.write_text('[sinks.o]\ntype = "openmeter"\nurl = "http://x"\n'
+                    'metric_codes = { input = "llm_input_tokens" }\n')
+    with pytest.raises(ConfigError, match=r"sinks.o: .*not rename \['input'\]"):
+        build_sinks(load_settings(path, environ={}))
 
 
 @pytest.mark.parametrize("make", [

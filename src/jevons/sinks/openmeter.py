@@ -19,7 +19,7 @@ from typing import Any
 
 from jevons.events import Event
 from jevons.sinks.base import Hold, HttpSink, Record, rfc3339
-from jevons.sinks.buckets import BUCKETS, bucket_counts, metric_codes
+from jevons.sinks.buckets import BUCKETS, CARVED_FROM, bucket_counts, metric_codes
 from jevons.sinks.lago import decimal_str
 from jevons.usage import USAGE_FIELDS
 
@@ -55,6 +55,13 @@ class OpenMeterSink(HttpSink):
         self.event_type = event_type
         self.max_batch = max(1, batch_size)
         #: bucket -> ``data`` field: ``<bucket>_billable`` for the default buckets, then the config's
+        renamed = sorted(set(billable_fields or {}) & set(_DEFAULT_FIELDS))
+        if renamed:
+            # e.g. a Lago table's codes copied here: renaming <bucket>_billable would leave the
+            # meters built on those fields counting nothing, silently
+            raise ValueError(f"sink {name}: OpenMeter's default fields keep their names "
+                             f"(<bucket>_billable); metric_codes may only add the opt-in token classes "
+                             f"({', '.join(CARVED_FROM)}), not rename {renamed}")
         self.billable_fields = metric_codes(name, billable_fields, _DEFAULT_FIELDS)
         taken = set(self.billable_fields.values()) & _OTHER_FIELDS
         if taken:

@@ -161,7 +161,9 @@ class JevonsLiteLLMCallback(CustomLogger):
         # LiteLLM deduplicates custom loggers by class name and public str/int attributes:
         # a unique value keeps two meters' callbacks (or two attributions) from merging
         self.jevons_callback_id = f"{id(meter):x}-{id(self):x}"
-        self._lock = threading.Lock()
+        # re-entrant: a call is started under it (``_entry``), and an ``on_error`` hook that
+        # makes a LiteLLM call of its own on this thread comes back here
+        self._lock = threading.RLock()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
 
     # ------------------------------------------------------------------ call tracking
