@@ -16,13 +16,20 @@ from typing import Any, Literal
 from jevons.prices.cost import Cost
 from jevons.usage import Usage
 
-__all__ = ["AttemptStatus", "Event", "new_event_id"]
+__all__ = ["AttemptStatus", "Event", "name_or_none", "new_event_id"]
 
 AttemptStatus = Literal["ok", "error", "aborted"]
 
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def name_or_none(value: object) -> str | None:
+    """``value`` as a name, or ``None`` when it is none or blank (``""``, spaces): an event
+    with a blank customer is unattributed, never billed to a subscription named ``""``."""
+    text = None if value is None else str(value)
+    return text if text and not text.isspace() else None
 
 
 @dataclass(slots=True)
@@ -60,8 +67,7 @@ class Event:
     @property
     def attributed(self) -> bool:
         """Whether the event names a customer to bill (a blank name is none)."""
-        customer = self.customer
-        return customer is not None and bool(customer) and not customer.isspace()
+        return name_or_none(self.customer) is not None
 
     def with_cost(self, cost: Cost) -> Event:
         return replace(self, cost=cost)

@@ -24,6 +24,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from jevons.events import name_or_none
+
 __all__ = [
     "CALL_KWARGS",
     "EMPTY",
@@ -80,8 +82,8 @@ def make(
     """An attribution; a blank customer or feature (``""``, spaces) is none: an event with a
     blank customer is unattributed (held back from billing and reported), never billed to a
     subscription named ``""``."""
-    customer = _named(customer)
-    feature = _named(feature)
+    customer = name_or_none(customer)
+    feature = name_or_none(feature)
     if customer is None and feature is None and not tags:
         return EMPTY
     return Attribution(
@@ -89,11 +91,6 @@ def make(
         feature,
         {str(k): str(v) for k, v in tags.items()} if tags else {},
     )
-
-
-def _named(value: Any) -> str | None:
-    text = None if value is None else str(value)
-    return text if text and not text.isspace() else None
 
 
 def pop_call_attribution(kwargs: MutableMapping[str, Any],
