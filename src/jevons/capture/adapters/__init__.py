@@ -78,15 +78,15 @@ import copy
 import functools
 import inspect
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from jevons.capture.attribution import Attribution
-from jevons.capture.build import review_extracted
-from jevons.capture.extract import Extracted
+from jevons.capture.build import review_extracted, review_usage
+from jevons.capture.extract import Extracted, UnknownShape
 from jevons.capture.meter import CURRENT_CALL, Call, http_status
 from jevons.capture.record import FieldSnapshot
 from jevons.usage import Usage
@@ -98,6 +98,7 @@ __all__ = [
     "ADAPTER_MODULES",
     "Adapter",
     "FieldSnapshot",
+    "FoldedUsage",
     "MethodSpec",
     "StreamAccumulator",
     "aiterate_in_call",
@@ -457,6 +458,34 @@ class StreamAccumulator(Protocol):
     def add(self, item: Any) -> None: ...
 
     def result(self) -> Extracted: ...
+
+
+@dataclass(slots=True)
+class FoldedUsage:
+    """The usage blocks a stream reported, folded into one (a later non-null field wins), for
+    providers that send their counts in pieces (Gemini, Mistral). ``seen``: a block arrived,
+    whether or not this adapter knows its fields (the SDK may drop the ones it does not
+    declare): then a stream without known counts is a shape to review, not an empty one."""
+
+    raw: dict[str, Any] = field(default_factory=dict)
+    seen: bool = False
+
+    def fold(self, block: Mapping[str, Any] | None) -> None:
+        """Take one reported usage block (``None`` or empty: the block had no field read)."""
+        self.seen = True
+        if block:
+            self.raw.update({k: v for k, v in block.items() if v is not None})
+
+    def missing(self, provider: str, finished: bool, model: str | None, note: str) -> Extracted:
+        """The result of a stream with no known counts: ``UnknownShape`` when a block came or
+        the stream finished (``review`` gives its event), else usage unknown, incomplete."""
+        if self.seen or finished:
+            raise UnknownShape(f"{provider} stream usage in an unknown shape: {self.raw or None}")
+        return Extracted(Usage(), model=model, complete=False, note=note)
+
+    def review(self, model: str | None) -> Extracted:
+        """The usage the stream reported, in a shape not known here: unpriced, kept for review."""
+        return review_usage(dict(self.raw) if self.seen else None, model)
 
 
 def _result(call: Call, acc: StreamAccumulator) -> Extracted:

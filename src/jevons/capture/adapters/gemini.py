@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture.adapters import (
+    FoldedUsage,
     MethodSpec,
     aiterate_in_call,
     install_attempt_hooks,
@@ -44,7 +45,6 @@ from jevons.capture.adapters import (
     register_adapter,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
-from jevons.capture.build import review_usage
 from jevons.capture.extract import Extracted, UnknownShape, register_extractor, to_int, without_none
 from jevons.capture.extract import field as _field
 from jevons.capture.meter import Call
@@ -210,8 +210,7 @@ class GeminiStreamState:
     finished: bool = False
     tool_calls: int = 0
     search_queries: list[str] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
-    usage_seen: bool = False  # a usageMetadata block arrived, whether or not its fields are known
+    reported: FoldedUsage = field(default_factory=FoldedUsage)  # the usageMetadata blocks
 
     def add(self, chunk: Any) -> None:
         self.model = _model(chunk) or self.model
@@ -221,22 +220,15 @@ class GeminiStreamState:
             self.search_queries = queries
         metadata = _get(chunk, "usage_metadata")
         if metadata is not None:
-            self.usage_seen = True
-            block = _raw(metadata)
-            if block:
-                self.raw.update({k: v for k, v in block.items() if v is not None})
+            self.reported.fold(_raw(metadata))
         if any(_get(c, "finish_reason") is not None for c in _candidates(chunk)):
             self.finished = True
 
-    @property
-    def has_usage(self) -> bool:
-        return bool(self.raw)
-
     def usage(self) -> Usage:
-        if not self.has_usage:
+        if not self.reported.raw:
             raise UnknownShape("the Gemini stream reported no usageMetadata")
         return usage_from_metadata(
-            self.raw, tool_calls=self.tool_calls, web_searches=len(self.search_queries)
+            self.reported.raw, tool_calls=self.tool_calls, web_searches=len(self.search_queries)
         )
 
     def result(self) -> Extracted:
@@ -244,19 +236,17 @@ class GeminiStreamState:
         ``usageMetadata`` without any field this adapter knows (the SDK drops the fields it
         does not declare), or a finished stream without one, is a shape it does not know:
         ``UnknownShape``, and ``review()`` gives its event."""
-        if not self.has_usage:
-            if self.usage_seen or self.finished:
-                raise UnknownShape(f"Gemini stream usageMetadata in an unknown shape: {self.raw or None}")
-            return Extracted(Usage(), model=self.model, complete=False,
-                             note="stream ended before any usageMetadata; usage unknown")
+        raw = self.reported.raw
+        if not raw:
+            return self.reported.missing("Gemini", self.finished, self.model,
+                                         "stream ended before any usageMetadata; usage unknown")
         return Extracted(
-            usage=self.usage(), model=self.model, complete=self.finished, raw_usage=dict(self.raw),
+            usage=self.usage(), model=self.model, complete=self.finished, raw_usage=dict(raw),
             note=None if self.finished else "stream ended before finishReason; usage is a lower bound",
         )
 
     def review(self) -> Extracted:
-        """The usage the stream reported, in a shape not known here: unpriced, kept for review."""
-        return review_usage(dict(self.raw) if self.usage_seen else None, self.model)
+        return self.reported.review(self.model)
 
 
 # ---------------------------------------------------------------------- wrapping

@@ -24,6 +24,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture.adapters import (
+    FoldedUsage,
     MethodSpec,
     install_attempt_hooks,
     instrument,
@@ -32,7 +33,6 @@ from jevons.capture.adapters import (
     register_adapter,
 )
 from jevons.capture.attribution import Attribution
-from jevons.capture.build import review_usage
 from jevons.capture.extract import Extracted, UnknownShape, as_dict, register_extractor, to_int
 from jevons.capture.extract import field as _get
 from jevons.capture.meter import Call
@@ -181,8 +181,7 @@ class MistralStreamState:
     tool_calls: int = 0
     _call_ids: set[str] = field(default_factory=set)
     _call_slots: set[tuple[Any, int]] = field(default_factory=set)
-    raw: dict[str, Any] = field(default_factory=dict)
-    usage_seen: bool = False  # a usage block arrived, whether or not its fields are known
+    reported: FoldedUsage = field(default_factory=FoldedUsage)  # the usage blocks
 
     def add(self, chunk: Any) -> None:
         data = _get(chunk, "data")
@@ -198,10 +197,7 @@ class MistralStreamState:
                 self.finished = True
         usage = _get(chunk, "usage")
         if usage is not None:
-            self.usage_seen = True
-            block = _reported(usage)
-            if block:
-                self.raw.update({k: v for k, v in block.items() if v is not None})
+            self.reported.fold(_reported(usage))
 
     def _note_tool_call(self, choice: Any, position: int, call: Any) -> None:
         """Count a call once: by its id when it has one, else by its (choice, index) slot, so
@@ -218,39 +214,33 @@ class MistralStreamState:
             self._call_slots.add(slot)
             self.tool_calls += 1
 
-    @property
-    def has_usage(self) -> bool:
-        return bool(self.raw)
-
     def usage(self) -> Usage:
-        if not self.has_usage:
+        if not self.reported.raw:
             raise UnknownShape("the Mistral stream reported no usage")
-        return _usage_of_reported(self.raw, self.tool_calls)
+        return _usage_of_reported(self.reported.raw, self.tool_calls)
 
     def result(self) -> Extracted:
         """What the stream reported so far; ``complete`` only once a choice finished and the
         usage chunk arrived (Mistral sends usage with the last chunk only). A usage block
         without the counts this adapter knows, or a finished stream without one, is a shape it
         does not know: ``UnknownShape``, and ``review()`` gives its event."""
-        if not self.has_usage:
-            if self.usage_seen or self.finished:
-                raise UnknownShape(f"Mistral stream usage in an unknown shape: {self.raw or None}")
-            return Extracted(Usage(), model=self.model, complete=False,
-                             note="stream ended before its usage chunk; usage unknown")
-        why = needs_review(self.raw)
+        raw = self.reported.raw
+        if not raw:
+            return self.reported.missing("Mistral", self.finished, self.model,
+                                         "stream ended before its usage chunk; usage unknown")
+        why = needs_review(raw)
         return Extracted(
             usage=self.usage(),
             model=self.model,
             complete=self.finished,
             needs_review=why is not None,
-            raw_usage=dict(self.raw),
-            service_tier=_tier(self.raw),
+            raw_usage=dict(raw),
+            service_tier=_tier(raw),
             note=why,
         )
 
     def review(self) -> Extracted:
-        """The usage the stream reported, in a shape not known here: unpriced, kept for review."""
-        return review_usage(dict(self.raw) if self.usage_seen else None, self.model)
+        return self.reported.review(self.model)
 
 
 # ---------------------------------------------------------------------- wrapping
