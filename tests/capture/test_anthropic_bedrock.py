@@ -176,3 +176,17 @@ def test_deferred_capture_is_rebuilt_as_the_same_bedrock_event(
     rebuilt = capture_reader(list_price_book)(line)
     same_event(rebuilt, deferred)
     assert (rebuilt.provider, rebuilt.region, rebuilt.cost.status) == ("bedrock", "us-east-1", "priced")
+
+
+def test_the_original_client_stays_unmetered(bmeter: Meter, replay: ReplayServer) -> None:
+    # AnthropicBedrock makes its resources in __init__: the wrapped copy gets its own, so
+    # patching them (and the retry hook) leaves the caller's client as it was
+    replay.on(INVOKE, "bedrock/invoke_anthropic")
+    raw = claude(replay)
+    wrapped = bmeter.wrap(raw, customer="acme")
+    raw.messages.create(model=REPLY["_model"], max_tokens=256, messages=MESSAGES)  # type: ignore[arg-type]
+    assert bmeter.events() == []
+    assert "_sleep_for_retry" not in vars(raw)
+    wrapped.messages.create(model=REPLY["_model"], max_tokens=256, messages=MESSAGES)  # type: ignore[arg-type]
+    wrapped.beta.messages.create(model=REPLY["_model"], max_tokens=256, messages=MESSAGES)  # type: ignore[arg-type]
+    assert [e.customer for e in bmeter.events()] == ["acme", "acme"]

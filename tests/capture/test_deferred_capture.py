@@ -19,6 +19,7 @@ import pytest
 from deferred_support import log_lines, same_event
 from openai import OpenAI
 
+from jevons.capture.attribution import make
 from jevons.capture.meter import Meter
 from jevons.capture.record import capture_reader
 from jevons.config import Settings
@@ -100,6 +101,43 @@ def test_a_raw_response_is_recorded_at_once(replay: ReplayServer, durable: Meter
     [event] = durable.events()
     assert event.status == "ok" and event.usage.input_tokens > 0
     assert durable.stats()["errors"] == 0
+
+
+def test_every_source_of_attribution_reaches_a_deferred_call(replay: ReplayServer, durable: Meter) -> None:
+    # the direct path (context, meter default) and the general one (per-call kwargs) both defer
+    replay.on(CHAT, "openai/chat_basic")
+    client = durable.wrap(openai_client(replay), feature="chat")
+    durable.default = make(None, None, {"env": "test"})  # as Meter(tags={"env": "test"}) sets it
+    with durable.context(customer="ctx", tags={"team": "a"}):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, jevons_customer="kw")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert all(line.startswith(b'["C1",') for line in log_lines(durable))
+    events = durable.events()
+    assert [(e.customer, e.feature, e.tags) for e in events] == [
+        ("ctx", "chat", {"team": "a", "env": "test"}),
+        ("kw", "chat", {"team": "a", "env": "test"}),
+        (None, "chat", {"env": "test"}),
+    ]
+
+
+def test_a_guard_added_after_the_meter_was_made_still_sees_every_call(
+        replay: ReplayServer, durable: Meter) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    client = durable.wrap(openai_client(replay), customer="acme")
+    seen: list[tuple[str | None, str]] = []
+    durable.guards.append(lambda customer, provider, model, attribution: seen.append((customer, model)))
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert seen == [("acme", "gpt-4o-mini")]
+
+
+def test_a_call_the_sdk_retried_is_one_event_per_attempt(replay: ReplayServer, durable: Meter) -> None:
+    replay.on(CHAT, ["openai/error_429", "openai/chat_basic"])
+    client = durable.wrap(openai_client(replay).with_options(max_retries=2), customer="acme")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    events = sorted(durable.events(), key=lambda e: e.attempt)
+    assert [(e.attempt, e.status) for e in events] == [(1, "error"), (2, "ok")]
+    assert "429" in (events[0].error or "") and events[1].usage.input_tokens > 0
 
 
 def test_runs_and_guards_keep_building_on_the_callers_thread(

@@ -224,6 +224,46 @@ def test_sdk_retries_are_recorded_as_attempts(replay: ReplayServer, meter: Meter
     assert len({e.step for e in events}) == 1
 
 
+def test_a_timed_out_attempt_the_sdk_retried_is_an_attempt_without_a_response(
+        replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, [Reply(delay=1.0, body=b"{}"), "openai/chat_basic"])
+    client = meter.wrap(OpenAI(base_url=replay.url + "/v1", api_key="x", max_retries=1, timeout=0.3),
+                        customer="acme")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    first, second = sorted(meter.events(), key=lambda e: e.attempt)
+    assert (first.attempt, first.status, second.attempt, second.status) == (1, "error", 2, "ok")
+    # it may have reached the model: unknown usage, flagged, never a silent $0
+    assert "no response" in (first.error or "") and not first.usage_complete
+    assert first.cost.status == "unpriced"
+
+
+def test_retries_are_seen_without_per_request_hooks(replay: ReplayServer, meter: Meter) -> None:
+    # the SDK's retry method is hooked on the wrapped copy: a call that is not retried runs no
+    # jevons code per HTTP request, and the caller's own client is left as it was
+    raw = client_for(replay, max_retries=1)
+    client = meter.wrap(raw)
+    assert client._client.event_hooks == {"request": [], "response": []}
+    assert "_sleep_for_retry" in vars(client) and "_sleep_for_retry" not in vars(raw)
+
+
+def test_an_sdk_whose_retry_method_changed_is_watched_per_http_attempt(
+        replay: ReplayServer, meter: Meter, monkeypatch: pytest.MonkeyPatch) -> None:
+    # another signature: the retry hook is not installed, the httpx event hooks are
+    original = OpenAI._sleep_for_retry
+
+    def changed(self: OpenAI, **kwargs: object) -> None:
+        original(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OpenAI, "_sleep_for_retry", changed)
+    replay.on(CHAT, ["openai/error_429", "openai/chat_basic"])
+    client = meter.wrap(client_for(replay, max_retries=2), customer="acme")
+    assert len(client._client.event_hooks["request"]) == 1
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    events = sorted(meter.events(), key=lambda e: e.attempt)
+    assert [(e.attempt, e.status) for e in events] == [(1, "error"), (2, "ok")]
+    assert "429" in (events[0].error or "")
+
+
 def test_sdk_retries_that_all_fail_are_each_an_attempt(replay: ReplayServer, meter: Meter) -> None:
     replay.on(CHAT, "openai/error_500")  # every attempt
     client = meter.wrap(client_for(replay, max_retries=2), customer="acme")

@@ -58,9 +58,7 @@ book; ids are a per-process random prefix plus a counter.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -68,7 +66,6 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import import_module
-from time import time_ns as _time_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -105,23 +102,7 @@ CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", defaul
 _WARN_FIRST = 5
 
 
-class _Ids:
-    """Unique ids cheaply: a random per-process prefix and a counter (re-seeded after fork)."""
-
-    def __init__(self) -> None:
-        self._seed()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._seed)
-
-    def _seed(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count(1)
-
-    def next(self) -> str:
-        return _record.capture_id(self.prefix, next(self.counter))
-
-
-_IDS = _Ids()
+_IDS = _record.IDS  # the meter's event ids (``record.Ids``)
 
 
 class Call:
@@ -152,7 +133,7 @@ class Call:
         self.step = step
         self.extractor = extractor
         # the adapter's snapshot of a response (``MethodSpec.snapshot``): lets ``finish`` defer
-        # extraction and pricing to the ledger's background thread (see ``Meter._capture``)
+        # extraction and pricing to the ledger's background thread (see ``record.log_capture``)
         self.snapshot: Callable[[Any], Any] | None = None
         self.http_attempts: list[int | None] = []  # status per HTTP attempt (None: no response)
         self.done = False
@@ -167,8 +148,8 @@ class Call:
         """A complete (non-streamed) response: extract its usage and record the attempt."""
         if self.done:
             return None
-        if self.snapshot is not None and self.meter._deferred and self.run is None and self.meter._capture(
-                self, response):
+        if self.snapshot is not None and self.meter._deferred and self.run is None and _record.log_capture(
+                self.meter, self, response):
             return None
         return self.finish_extracted(
             extract_or_review(self.extractor, self.api, response, self.model, self.meter._error))
@@ -323,7 +304,7 @@ class Meter:
         self._closed = False
         if self._store_error is not None:  # counted in stats() and passed to on_error
             self._error(self._store_error, "ledger")
-        # deferred captures (see ``_capture``): only with a store that logs them durably, and
+        # deferred captures (see ``record.log_capture``): only with a store that logs them durably, and
         # not with guards (a cap or a policy must see every call's cost before the next call)
         self._deferred = bool(getattr(self.store, "takes_captures", False)) and not self.guards
         # a meter never closed (the process just exits): the calls of its last milliseconds
@@ -562,12 +543,7 @@ class Meter:
         integration that cannot stop the call (LiteLLM swallows a callback's exception)."""
         try:
             per_call = None if kwargs is None else _attr.pop_call_attribution(kwargs, self._error)
-            context = _CONTEXT.get()
-            default = self.default
-            if context is EMPTY and default is EMPTY:  # the common case: nothing to merge
-                attribution = client_attribution
-            else:
-                attribution = client_attribution.over(context).over(default)
+            attribution = self.attribution_of(client_attribution)
             if per_call is not None:
                 attribution = per_call.over(attribution)
             run = _RUN.get()
@@ -585,6 +561,15 @@ class Meter:
             self._error(exc, "adapter")
             return None
 
+    def attribution_of(self, client_attribution: Attribution) -> Attribution:
+        """A call's attribution before its own ``jevons*`` kwargs: the wrapped client's, over
+        the context's (``meter.context``), over the meter's default."""
+        context = _CONTEXT.get()
+        default = self.default
+        if context is EMPTY and default is EMPTY:  # the common case: nothing to merge
+            return client_attribution
+        return client_attribution.over(context).over(default)
+
     def _run_guards(self, attribution: Attribution, provider: str, model: str) -> None:
         for guard in self.guards:
             try:
@@ -594,38 +579,7 @@ class Meter:
             except Exception as exc:
                 self._error(exc, "guard")
 
-    # ================================================================== hot path
-    def _capture(self, call: Call, response: Any) -> bool:
-        """Make a finished call durable and leave the rest for later: on the caller's thread
-        only the adapter's snapshot of the response (a few fields, encoded by msgspec in C) is
-        written to the append log; extraction, pricing, the ``Event``, its row and the sinks
-        run in the ledger's background thread (``_complete_capture``), in order. The log line
-        is enough to rebuild the event if the process dies first (``jevons.capture.record``).
-        False: not deferred (the SDK retried, the store is catching up after an outage, or the
-        snapshot does not know the response); the caller then records the call at once."""
-        if len(call.http_attempts) > 1:  # retries: one event per attempt, now
-            return False
-        try:
-            snapshot = call.snapshot(response)  # type: ignore[misc]
-            if snapshot is None:
-                return False
-            # the event id is formatted later (``record.capture_id``): only its parts here
-            ids = _IDS
-            prefix = ids.prefix
-            n = next(ids.counter)
-            ts = _time_ns() // 1000
-            line = _record.encode_capture(prefix, n, ts, call, snapshot)
-            call.done = True
-            if self.store.append_capture(  # type: ignore[attr-defined]
-                    line, (call, response, prefix, n, ts), self._complete_capture):
-                return True
-            call.done = False
-            return False
-        except Exception as exc:
-            call.done = False
-            self._error(exc, "store")
-            return False
-
+    # ================================================================== building events
     def _complete_capture(self, item: tuple[Call, Any, str, int, int]) -> Event:
         """A deferred capture's event (called by the store's background thread)."""
         call, response, prefix, n, ts = item

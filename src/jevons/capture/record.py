@@ -22,14 +22,17 @@ Line: ``["C1", id_prefix, id_counter, ts_us, provider, api, extractor, model_req
 customer, feature, tags, attempt, region, snapshot]`` (the event id is
 ``capture_id(id_prefix, id_counter)``, formatted off the caller's thread); the snapshot is
 a JSON object in the provider's shape, or a ``[names, values]`` pair of its top-level fields
-(``adapters.snapshot_fields``). ``encode_capture`` writes it, ``read_capture`` reads it.
+(``adapters.snapshot_fields``). ``log_capture`` writes it, ``read_capture`` reads it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
+import os
 from collections.abc import Callable
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -40,10 +43,11 @@ from jevons.ledger.base import CAPTURE_PREFIX
 from jevons.ledger.codec import from_micros
 
 if TYPE_CHECKING:
-    from jevons.capture.meter import Call
+    from jevons.capture.meter import Call, Meter
     from jevons.prices.book import PriceBook
 
-__all__ = ["TAG", "FieldSnapshot", "capture_id", "capture_reader", "from_micros", "read_capture"]
+__all__ = ["IDS", "TAG", "FieldSnapshot", "Ids", "capture_id", "capture_reader", "from_micros", "log_capture",
+           "read_capture"]
 
 TAG = "C1"
 assert b'["' + TAG.encode() + b'",' == CAPTURE_PREFIX  # the ledger tells capture lines by it
@@ -90,18 +94,67 @@ _encoder = msgspec.json.Encoder(enc_hook=operator.attrgetter("__dict__"), decima
 _decoder = msgspec.json.Decoder()
 
 
-def encode_capture(id_prefix: str, id_counter: int, ts_us: int, call: Call, snapshot: Any) -> bytes:
-    """The log line of a finished call, the fields of the module docstring in that order (one C
-    call; no newline can occur in it)."""
-    a = call.attribution
-    return _encoder.encode((TAG, id_prefix, id_counter, ts_us, call.provider, call.api, call.extractor,
-                            call.model, a.customer, a.feature, a.tags or None, call.attempt_no or 1,
-                            call.region, snapshot))
+class Ids:
+    """Unique event ids cheaply: a random per-process prefix and a counter (re-seeded after
+    fork); ``capture_id`` formats one."""
+
+    def __init__(self) -> None:
+        self._seed()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._seed)
+
+    def _seed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return capture_id(self.prefix, next(self.counter))
+
+
+IDS = Ids()
 
 
 def capture_id(prefix: str, counter: int) -> str:
     """The event id of a capture: the meter's id form (per-process prefix, 12 hex digits)."""
     return f"{prefix}{counter:012x}"
+
+
+def log_capture(meter: Meter, call: Call, response: Any) -> bool:
+    """Make a finished call durable and leave the rest for later: on the caller's thread only
+    the adapter's snapshot of the response (a few fields) and the call's identity are encoded,
+    by msgspec in C, as the line of the module docstring (fields in that order; no newline can
+    occur in it) and written to the append log; extraction, pricing, the ``Event``, its row
+    and the sinks run in the ledger's background thread (``Meter._complete_capture``), in
+    order. The line is enough to rebuild the event if the process dies first
+    (``read_capture``). One function on purpose: it is every ordinary call's hot path, run on
+    the CPU caches the SDK left cold, where each Python frame costs about a microsecond.
+    False: not deferred (the SDK retried, the store is catching up after an outage, or the
+    snapshot does not know the response); the caller then records the call at once."""
+    if len(call.http_attempts) > 1:  # retries: one event per attempt, now
+        return False
+    try:
+        snapshot = call.snapshot(response)  # type: ignore[misc]
+        if snapshot is None:
+            return False
+        # the event id is formatted later (``capture_id``): only its parts here
+        ids = IDS
+        prefix = ids.prefix
+        n = next(ids.counter)
+        ts = time_ns() // 1000
+        a = call.attribution
+        line = _encoder.encode((TAG, prefix, n, ts, call.provider, call.api, call.extractor, call.model,
+                                a.customer, a.feature, a.tags or None, call.attempt_no or 1, call.region,
+                                snapshot))
+        call.done = True
+        if meter.store.append_capture(  # type: ignore[attr-defined]
+                line, (call, response, prefix, n, ts), meter._complete_capture):
+            return True
+        call.done = False
+        return False
+    except Exception as exc:
+        call.done = False
+        meter._error(exc, "store")
+        return False
 
 
 def _log_error(exc: BaseException, kind: str) -> None:

@@ -39,9 +39,9 @@ that wrap their async methods in plain decorators need it explicitly: the OpenAI
 2. ``spec.prepare(call, kwargs, streaming)`` may adjust the provider kwargs (OpenAI asks for
    usage on streams);
 3. calls the provider with ``CURRENT_CALL`` set to the call, so HTTP attempt hooks
-   (``install_attempt_hooks(http_client)``, httpx/httpx2 event hooks) count each HTTP attempt
-   of the SDK's own retries: every attempt before the last becomes an ``error`` event with its
-   attempt number;
+   (``install_attempt_hooks(http_client)``, httpx/httpx2 event hooks; on Stainless SDKs the
+   cheaper ``install_retry_hook(sdk_client)``) count each HTTP attempt of the SDK's own
+   retries: every attempt before the last becomes an ``error`` event with its attempt number;
 4. on an exception: ``call.fail(exc)`` and re-raise it unchanged; on a stream:
    ``spec.stream(call, result)`` returns the instrumented stream; otherwise
    ``spec.on_result(call, result)`` (default ``call.finish(result)``, which runs the
@@ -84,11 +84,12 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from jevons.capture.attribution import Attribution
+from jevons.capture.attribution import _CALL_KWARG_NAMES, _CONTEXT, EMPTY, Attribution
 from jevons.capture.build import review_extracted, review_usage
 from jevons.capture.extract import Extracted, UnknownShape
 from jevons.capture.meter import CURRENT_CALL, Call, http_status
-from jevons.capture.record import FieldSnapshot
+from jevons.capture.record import FieldSnapshot, log_capture
+from jevons.capture.run import _RUN
 from jevons.usage import Usage
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ __all__ = [
     "find_adapter",
     "fresh_copy",
     "install_attempt_hooks",
+    "install_retry_hook",
     "instrument",
     "iterate_in_call",
     "observe_async",
@@ -163,9 +165,11 @@ def find_adapter(client: object) -> Adapter | None:
 
 # ---------------------------------------------------------------------- client copies
 def fresh_copy(client: T) -> T:
-    """A shallow copy of ``client`` sharing its HTTP pool, with its cached sub-resources
-    (``functools.cached_property`` values such as ``client.chat``) dropped so that the copy
-    builds its own and patching them leaves the original untouched."""
+    """A shallow copy of ``client`` sharing its HTTP pool, whose sub-resources are its own, so
+    that patching them leaves the original untouched: cached ones (``functools.cached_property``
+    values such as ``client.chat``) are dropped and built again on first use; ones the client
+    made in its ``__init__`` (``AnthropicBedrock().messages``: an object whose ``_client`` is
+    the client) are made again for the copy, the way the client made them."""
     new = copy.copy(client)
     state = getattr(new, "__dict__", None)
     if state is not None:
@@ -173,6 +177,9 @@ def fresh_copy(client: T) -> T:
             for name, attr in vars(klass).items():
                 if isinstance(attr, functools.cached_property):
                     state.pop(name, None)
+        for name, value in list(state.items()):
+            if getattr(value, "_client", None) is client:
+                state[name] = type(value)(new)
     return new
 
 
@@ -224,6 +231,62 @@ def install_attempt_hooks(http_client: Any) -> bool:
         "request": [*requests, req],
         "response": [*hooks.get("response", ()), resp],
     }
+    return True
+
+
+def _on_retry(response: Any) -> None:
+    """The SDK is about to retry the call in flight: its last attempt failed with ``response``
+    (``None``: no response, a timeout or connection error) and another one starts."""
+    call = _current_call()
+    if call is not None:
+        status = None if response is None else response.status_code
+        attempts = call.http_attempts
+        if attempts:
+            attempts[-1] = status
+        else:
+            attempts.append(status)
+        attempts.append(None)  # the attempt now starting; its outcome ends the call
+
+
+_RETRY_PARAMETERS = frozenset({"retries_taken", "max_retries", "options", "response"})
+
+
+def install_retry_hook(sdk_client: Any) -> bool:
+    """See the SDK's own retries on a Stainless-generated client (``openai``, ``anthropic``):
+    its request loop calls ``self._sleep_for_retry(..., response=<failed response or None>)``
+    once for each failed attempt it retries, so a hook there records every retried attempt,
+    with its HTTP status, at no cost to a call that is not retried (the httpx event hooks of
+    ``install_attempt_hooks`` run on every request: 4-7 us of a metered call's added
+    latency, measured). Patched on this client instance only. False when the client has no
+    such method, or one whose keyword arguments differ (an SDK version that changed it):
+    install the httpx hooks instead."""
+    sleep = getattr(sdk_client, "_sleep_for_retry", None)
+    if sleep is None or not callable(sleep):
+        return False
+    if getattr(sleep, "_jevons_retry_hook", False):
+        return True
+    try:
+        parameters = set(inspect.signature(sleep).parameters)
+    except (TypeError, ValueError):
+        return False
+    if parameters != _RETRY_PARAMETERS:
+        return False
+    if inspect.iscoroutinefunction(sleep):
+
+        async def asleep_for_retry(**kwargs: Any) -> Any:
+            _on_retry(kwargs.get("response"))
+            return await sleep(**kwargs)
+
+        hook: Callable[..., Any] = asleep_for_retry
+    else:
+
+        def sleep_for_retry(**kwargs: Any) -> Any:
+            _on_retry(kwargs.get("response"))
+            return sleep(**kwargs)
+
+        hook = sleep_for_retry
+    hook._jevons_retry_hook = True  # type: ignore[attr-defined]
+    patch_method(sdk_client, "_sleep_for_retry", hook)
     return True
 
 
@@ -335,6 +398,35 @@ def instrument(
     begin = meter.begin
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
+    # The direct path. A complete response of a call that needs nothing of ``begin`` but
+    # the attribution (no ``jevons*`` kwargs, no run, no guard) and nothing of ``prepare``
+    # (not a stream) is made durable by ``record.log_capture`` from the metered function itself:
+    # the same steps as ``begin`` / ``_prepare`` / ``on_result`` / ``Call.finish``, six Python
+    # frames fewer. Why: inside a real SDK call each frame of jevons runs on CPU caches the
+    # SDK left cold (about 1 us a frame, measured), and this is every ordinary call's path.
+    # The spec's contract makes it exact: a response its snapshot knows needs nothing of
+    # ``on_result`` but ``Call.finish`` (``MethodSpec.snapshot``).
+    direct = snapshot is not None and default_is_stream and (prepare is None or streams_only)
+    no_call_kwargs = _CALL_KWARG_NAMES.isdisjoint
+    context_of = _CONTEXT.get
+    run_of = _RUN.get
+    attribution_of = meter.attribution_of
+
+    def _direct(kwargs: dict[str, Any]) -> Call | None:
+        """The call, if it takes the direct path; ``None``: it goes through ``begin``."""
+        model = kwargs.get(model_kw)
+        if (type(model) is not str or not meter._deferred or meter.guards or not no_call_kwargs(kwargs)
+                or kwargs.get("stream") is True or run_of() is not None):
+            return None
+        context = context_of()
+        try:
+            call = Call(meter, prov, api, model, attribution if context is EMPTY and meter.default is EMPTY
+                        else attribution_of(attribution), None, None, extractor)
+        except Exception as exc:
+            meter._error(exc, "adapter")
+            return None
+        call.snapshot = snapshot
+        return call
 
     # The pre- and post-call work is shared by the sync and async wrappers.
 
@@ -376,11 +468,15 @@ def instrument(
             if bundle is not None:  # a helper's request made before jevons could pass it
                 kwargs["jevons"] = bundle
                 _DEFERRED_BUNDLE.set(None)  # for this call only, not one the SDK makes inside it
-            call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
+            call = _direct(kwargs) if direct else None
+            taken = call is not None  # the direct path (see ``_direct``)
+            streaming = False
             if call is None:
-                return await fn(*args, **kwargs)
-            call.snapshot = snapshot
-            streaming = _prepare(call, kwargs)
+                call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
+                if call is None:
+                    return await fn(*args, **kwargs)
+                call.snapshot = snapshot
+                streaming = _prepare(call, kwargs)
             token = set_call(call)
             try:
                 result = await fn(*args, **kwargs)
@@ -389,17 +485,23 @@ def instrument(
                 raise
             finally:
                 reset_call(token)
+            if taken and log_capture(meter, call, result):
+                return result
             return _after(call, result, streaming)
 
         return ametered
 
     @functools.wraps(fn)
     def metered(*args: Any, **kwargs: Any) -> Any:
-        call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
+        call = _direct(kwargs) if direct else None
+        taken = call is not None  # the direct path (see ``_direct``)
+        streaming = False
         if call is None:
-            return fn(*args, **kwargs)
-        call.snapshot = snapshot
-        streaming = _prepare(call, kwargs)
+            call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
+            if call is None:
+                return fn(*args, **kwargs)
+            call.snapshot = snapshot
+            streaming = _prepare(call, kwargs)
         token = set_call(call)
         try:
             result = fn(*args, **kwargs)
@@ -408,6 +510,8 @@ def instrument(
             raise
         finally:
             reset_call(token)
+        if taken and log_capture(meter, call, result):
+            return result
         return _after(call, result, streaming)
 
     return metered

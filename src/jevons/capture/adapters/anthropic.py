@@ -40,6 +40,7 @@ from jevons.capture.adapters import (
     MethodSpec,
     fresh_copy,
     install_attempt_hooks,
+    install_retry_hook,
     instrument,
     patch_method,
     patch_stream,
@@ -372,7 +373,8 @@ class AnthropicAdapter:
         prov = provider or self.provider
         call_spec, deferred_spec = _specs(prov, self.extractor, self.region(client))
         new = fresh_copy(client)
-        install_attempt_hooks(getattr(new, "_client", None))
+        if not install_retry_hook(new):  # an SDK version without the retry method
+            install_attempt_hooks(getattr(new, "_client", None))
         w: Any = new
         resources = [getattr(w, "messages", None), getattr(getattr(w, "beta", None), "messages", None)]
         for resource in resources:

@@ -16,9 +16,9 @@ On streamed chat completions the adapter asks for the usage chunk
 A stream that ends without a usage block, or is broken off or abandoned, is recorded with what
 is known (output tokens estimated from the content chunks received) and flagged incomplete.
 
-SDK retries: the wrapped copy's HTTP client gets request/response event hooks
-(``adapters.install_attempt_hooks``), so each HTTP attempt the SDK makes is seen; attempts that
-failed before a retry are recorded as ``error`` events with their attempt number.
+SDK retries: the wrapped copy's ``_sleep_for_retry`` is hooked (``adapters.install_retry_hook``;
+an SDK version without it gets httpx event hooks, ``adapters.install_attempt_hooks``), so each
+attempt the SDK retries is seen and recorded as an ``error`` event with its attempt number.
 
 Provider name: ``openai``, ``azure`` for ``AzureOpenAI``, ``openrouter`` when the base URL is
 OpenRouter's, otherwise whatever ``meter.wrap(client, provider=...)`` says (a gateway name such
@@ -40,6 +40,7 @@ from jevons.capture.adapters import (
     awaited_with_bundle,
     fresh_copy,
     install_attempt_hooks,
+    install_retry_hook,
     instrument,
     patch_method,
     patch_stream,
@@ -488,7 +489,8 @@ class OpenAIAdapter:
 
         is_async = isinstance(client, openai.AsyncOpenAI)
         new = fresh_copy(client)
-        install_attempt_hooks(getattr(new, "_client", None))
+        if not install_retry_hook(new):  # an SDK version without the retry method
+            install_attempt_hooks(getattr(new, "_client", None))
 
         def metered(resource: Any, name: str, spec: MethodSpec) -> Callable[..., Any] | None:
             original = getattr(resource, name, None)
