@@ -212,6 +212,10 @@ class JournaledStore:
         self.sync_timeout_s = 10.0
         self.directory = directory
         self.durability = durability
+        # whether metered calls may be handed over as captures (``append_capture``): not in
+        # ``sync`` mode, where every call waits for its own commit anyway (an attribute, not a
+        # property: ``append_capture`` reads it on every call's hot path)
+        self.takes_captures = durability != "sync"
         self._interval = max(flush_interval_ms, 0.1) / 1000.0
         self._recent_max = recent_keys
         self._recent: set[str] = set()
@@ -340,12 +344,6 @@ class JournaledStore:
         if self.durability == "sync":
             self._wait_committed(target)
         return True
-
-    @property
-    def takes_captures(self) -> bool:
-        """Whether metered calls may be handed over as captures (``append_capture``): not in
-        ``sync`` mode, where every call waits for its own commit anyway."""
-        return self.durability != "sync"
 
     def append_capture(self, line: bytes, item: Any, complete: Callable[[Any], Event]) -> bool:
         """Log a finished call whose event is built later (``jevons.capture.record``): ``line``
