@@ -485,8 +485,10 @@ def instrument(
                 raise
             finally:
                 reset_call(token)
-            if taken and log_capture(meter, call, result):
-                return result
+            if taken:
+                if log_capture(meter, call, result):
+                    return result
+                call.snapshot = None  # not deferred (see ``log_capture``): built now, tried once
             return _after(call, result, streaming)
 
         return ametered
@@ -510,8 +512,10 @@ def instrument(
             raise
         finally:
             reset_call(token)
-        if taken and log_capture(meter, call, result):
-            return result
+        if taken:
+            if log_capture(meter, call, result):
+                return result
+            call.snapshot = None  # not deferred (see ``log_capture``): built now, tried once
         return _after(call, result, streaming)
 
     return metered
