@@ -283,6 +283,25 @@ def test_sdk_retries_are_recorded_as_failed_attempts(meter: Meter, replay: Repla
     assert second.usage == CASES["messages_basic"][0]
 
 
+def test_a_request_sent_again_by_middleware_is_still_an_attempt(meter: Meter, replay: ReplayServer) -> None:
+    # a middleware re-sends without the SDK's retry method: the httpx hooks see every request
+    def resend_on_timeout(request: Any, call_next: Any) -> Any:
+        try:
+            return call_next(request)
+        except anthropic.APITimeoutError:
+            return call_next(request)
+
+    replay.on(PATH, [Reply(delay=1.0, body=b"{}"), "anthropic/messages_basic"])
+    client = meter.wrap(anthropic.Anthropic(api_key="k", base_url=replay.url, max_retries=0, timeout=0.3,
+                                            middleware=[resend_on_timeout]))
+    client.messages.create(**ASK)
+    first, second = sorted(meter.events(), key=lambda e: e.attempt)
+    # the attempt that timed out may have been billed: kept, flagged, never a silent $0
+    assert (first.attempt, first.status, first.usage_complete) == (1, "error", False)
+    assert "no response" in (first.error or "") and first.cost.status == "unpriced"
+    assert (second.attempt, second.status) == (2, "ok")
+
+
 def test_unknown_usage_shape_is_kept_for_review(
     client: anthropic.Anthropic, meter: Meter, replay: ReplayServer
 ) -> None:

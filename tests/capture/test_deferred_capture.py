@@ -129,6 +129,8 @@ def test_a_guard_added_after_the_meter_was_made_still_sees_every_call(
     durable.guards.append(lambda customer, provider, model, attribution: seen.append((customer, model)))
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert seen == [("acme", "gpt-4o-mini")]
+    # and the call was built before it returned, so a cap sees its cost before the next call
+    assert not log_lines(durable)[-1].startswith(b'["C1",')
 
 
 def test_a_call_the_sdk_retried_is_one_event_per_attempt(replay: ReplayServer, durable: Meter) -> None:

@@ -363,6 +363,19 @@ async def test_async_sdk_retries_are_recorded(replay: ReplayServer, meter: Meter
     assert events[1].usage.output_tokens == 10 and events[0].usage.total_tokens == 0
 
 
+async def test_a_call_cancelled_while_the_sdk_waits_to_retry_made_one_attempt(
+        replay: ReplayServer, meter: Meter) -> None:
+    import asyncio
+
+    replay.on(CHAT, [Reply.error(429, retry_after=5), "openai/chat_basic"])
+    client = meter.wrap(aclient_for(replay, max_retries=2), customer="acme")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES), 0.5)
+    assert replay.count(CHAT) == 1
+    [event] = meter.events()  # no event for the attempt the SDK never sent
+    assert event.attempt == 1 and event.status == "error"
+
+
 def test_connection_refused_is_a_known_free_error(meter: Meter) -> None:
     import socket
 

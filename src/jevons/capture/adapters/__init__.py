@@ -234,9 +234,10 @@ def install_attempt_hooks(http_client: Any) -> bool:
     return True
 
 
-def _on_retry(response: Any) -> None:
-    """The SDK is about to retry the call in flight: its last attempt failed with ``response``
-    (``None``: no response, a timeout or connection error) and another one starts."""
+def _on_retry(response: Any) -> Call | None:
+    """The SDK will retry the call in flight once it has waited: its last attempt failed with
+    ``response`` (``None``: no response, a timeout or connection error). Returns the call, for
+    ``_retrying`` once the wait is over."""
     call = _current_call()
     if call is not None:
         status = None if response is None else response.status_code
@@ -245,7 +246,14 @@ def _on_retry(response: Any) -> None:
             attempts[-1] = status
         else:
             attempts.append(status)
-        attempts.append(None)  # the attempt now starting; its outcome ends the call
+    return call
+
+
+def _retrying(call: Call | None) -> None:
+    """The SDK waited and now sends the next attempt (an entry whose outcome ends the call).
+    Not before the wait: a call cancelled or interrupted while waiting made no such attempt."""
+    if call is not None:
+        call.http_attempts.append(None)
 
 
 _RETRY_PARAMETERS = frozenset({"retries_taken", "max_retries", "options", "response"})
@@ -259,9 +267,11 @@ def install_retry_hook(sdk_client: Any) -> bool:
     ``install_attempt_hooks`` run on every request: 4-7 us of a metered call's added
     latency, measured). Patched on this client instance only. False when the client has no
     such method, or one whose keyword arguments differ (an SDK version that changed it):
-    install the httpx hooks instead."""
+    install the httpx hooks instead. False too for a client with middleware (``middleware=``
+    of the Anthropic SDK): a middleware may send a request again without that method (the SDK's
+    refusal fallback does), and only the httpx hooks see every request."""
     sleep = getattr(sdk_client, "_sleep_for_retry", None)
-    if sleep is None or not callable(sleep):
+    if sleep is None or not callable(sleep) or getattr(sdk_client, "_middleware", None):
         return False
     if getattr(sleep, "_jevons_retry_hook", False):
         return True
@@ -274,15 +284,19 @@ def install_retry_hook(sdk_client: Any) -> bool:
     if inspect.iscoroutinefunction(sleep):
 
         async def asleep_for_retry(**kwargs: Any) -> Any:
-            _on_retry(kwargs.get("response"))
-            return await sleep(**kwargs)
+            call = _on_retry(kwargs.get("response"))
+            result = await sleep(**kwargs)
+            _retrying(call)
+            return result
 
         hook: Callable[..., Any] = asleep_for_retry
     else:
 
         def sleep_for_retry(**kwargs: Any) -> Any:
-            _on_retry(kwargs.get("response"))
-            return sleep(**kwargs)
+            call = _on_retry(kwargs.get("response"))
+            result = sleep(**kwargs)
+            _retrying(call)
+            return result
 
         hook = sleep_for_retry
     hook._jevons_retry_hook = True  # type: ignore[attr-defined]
