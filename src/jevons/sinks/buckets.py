@@ -49,13 +49,15 @@ CARVED_FROM: dict[str, str] = {
     "audio_output": "output",
     "image_output": "output",
 }
-_CARVED: dict[str, Callable[[Usage], int]] = {
-    "audio_input": lambda u: u.uncached_input_split()[1],
-    "image_input": lambda u: u.uncached_input_split()[2],
-    "reasoning": lambda u: u.reasoning_tokens,
-    "audio_output": lambda u: u.audio_output_tokens,
-    "image_output": lambda u: u.image_output_tokens,
-}
+
+
+def _carved(u: Usage) -> dict[str, int]:
+    """The count of each opt-in bucket (the input split made once)."""
+    _, audio_input, image_input = u.uncached_input_split()
+    return {"audio_input": audio_input, "image_input": image_input, "reasoning": u.reasoning_tokens,
+            "audio_output": u.audio_output_tokens, "image_output": u.image_output_tokens}
+
+
 #: every bucket a sink can send, in the order its records go out (parts after their parent)
 _ORDER = ("input", "audio_input", "image_input", "cached_input", "cache_write", "cache_write_1h",
           "output", "reasoning", "audio_output", "image_output", "web_search", "requests")
@@ -97,10 +99,11 @@ def bucket_counts(usage: Usage, codes: Mapping[str, str], *, zeros: bool = False
     for bucket, count_of in BUCKETS.items():
         if bucket in codes:
             counts[bucket] = count_of(usage)
-    for bucket, parent in CARVED_FROM.items():
-        if bucket in codes:
-            part = _CARVED[bucket](usage)
-            counts[bucket] = part
-            if parent in counts:
-                counts[parent] -= part
+    if not codes.keys().isdisjoint(CARVED_FROM):
+        parts = _carved(usage)
+        for bucket, parent in CARVED_FROM.items():
+            if bucket in codes:
+                counts[bucket] = parts[bucket]
+                if parent in counts:
+                    counts[parent] -= parts[bucket]
     return [(codes[b], counts[b]) for b in _ORDER if b in counts and (zeros or counts[b])]
