@@ -148,11 +148,7 @@ class Call:
         """A complete (non-streamed) response: extract its usage and record the attempt."""
         if self.done:
             return None
-        meter = self.meter
-        # deferred unless a guard must see this call's cost before the next call (a guard
-        # appended to ``meter.guards`` after the meter was made included)
-        if self.snapshot is not None and meter._deferred and self.run is None and not meter.guards and (
-                _record.log_capture(meter, self, response)):
+        if self.snapshot is not None and _record.log_capture(self.meter, self, response):
             return None
         return self.finish_extracted(
             extract_or_review(self.extractor, self.api, response, self.model, self.meter._error))

@@ -128,13 +128,19 @@ def log_capture(meter: Meter, call: Call, response: Any) -> bool:
     order. The line is enough to rebuild the event if the process dies first
     (``read_capture``). One function on purpose: it is every ordinary call's hot path, run on
     the CPU caches the SDK left cold, where each Python frame costs about a microsecond.
-    False: not deferred (the SDK retried, the store is catching up after an outage, or the
-    snapshot does not know the response); the caller then records the call at once."""
-    if len(call.http_attempts) > 1:  # retries: one event per attempt, now
+    The one rule of what is deferred. False, and ``call.snapshot`` cleared so that nothing
+    tries again: not deferred (a meter without a capturing store, a guard or a run that must
+    see the cost before the next call, the SDK retried, the store is catching up after an
+    outage, or the snapshot does not know the response); the caller then records the call
+    at once."""
+    if (not meter._deferred or meter.guards or call.run is not None
+            or len(call.http_attempts) > 1):  # retries: one event per attempt, now
+        call.snapshot = None
         return False
     try:
         snapshot = call.snapshot(response)  # type: ignore[misc]
         if snapshot is None:
+            call.snapshot = None
             return False
         # the event id is formatted later (``capture_id``): only its parts here
         ids = IDS
@@ -150,11 +156,11 @@ def log_capture(meter: Meter, call: Call, response: Any) -> bool:
                 line, (call, response, prefix, n, ts), meter._complete_capture):
             return True
         call.done = False
-        return False
     except Exception as exc:
         call.done = False
         meter._error(exc, "store")
-        return False
+    call.snapshot = None
+    return False
 
 
 def _log_error(exc: BaseException, kind: str) -> None:

@@ -118,6 +118,7 @@ __all__ = [
     "register_adapter",
     "rewrapping",
     "snapshot_fields",
+    "watch_retries",
 ]
 
 T = TypeVar("T")
@@ -304,6 +305,13 @@ def install_retry_hook(sdk_client: Any) -> bool:
     return True
 
 
+def watch_retries(sdk_client: Any) -> None:
+    """See every attempt of a Stainless SDK client's calls: its retry method hooked where it
+    can be (``install_retry_hook``), else httpx event hooks on its HTTP client."""
+    if not install_retry_hook(sdk_client):
+        install_attempt_hooks(getattr(sdk_client, "_client", None))
+
+
 def record_attempts(attempt: Callable[..., Any]) -> Callable[..., Any]:
     """``attempt`` (an SDK's function that makes one HTTP attempt, called again for each of its
     retries) recording each attempt of the metered call in flight, as the httpx hooks do, for
@@ -414,7 +422,7 @@ def instrument(
     reset_call = CURRENT_CALL.reset
     # The direct path. A complete response of a call that needs nothing of ``begin`` but
     # the attribution (no ``jevons*`` kwargs, no run, no guard) and nothing of ``prepare``
-    # (not a stream) is made durable by ``record.log_capture`` from the metered function itself:
+    # (not a stream) is handed to ``record.log_capture`` from the metered function itself:
     # the same steps as ``begin`` / ``_prepare`` / ``on_result`` / ``Call.finish``, six Python
     # frames fewer. Why: inside a real SDK call each frame of jevons runs on CPU caches the
     # SDK left cold (about 1 us a frame, measured), and this is every ordinary call's path.
@@ -426,21 +434,28 @@ def instrument(
     run_of = _RUN.get
     attribution_of = meter.attribution_of
 
-    def _direct(kwargs: dict[str, Any]) -> Call | None:
-        """The call, if it takes the direct path; ``None``: it goes through ``begin``."""
+    def _start(kwargs: dict[str, Any]) -> tuple[Call | None, bool, bool]:
+        """``(call, streaming, direct)``: the call started by the direct path when it applies,
+        else by ``begin`` (``None``: jevons failed, call the provider unmetered) and
+        ``spec.prepare``."""
         model = kwargs.get(model_kw)
-        if (type(model) is not str or not meter._deferred or meter.guards or not no_call_kwargs(kwargs)
-                or kwargs.get("stream") is True or run_of() is not None):
-            return None
-        context = context_of()
-        try:
-            call = Call(meter, prov, api, model, attribution if context is EMPTY and meter.default is EMPTY
-                        else attribution_of(attribution), None, None, extractor)
-        except Exception as exc:
-            meter._error(exc, "adapter")
-            return None
-        call.snapshot = snapshot
-        return call
+        if (direct and type(model) is str and not meter.guards and no_call_kwargs(kwargs)
+                and kwargs.get("stream") is not True and run_of() is None):
+            try:
+                # nothing to merge in the common case: ``attribution_of`` only when there is
+                alone = context_of() is EMPTY and meter.default is EMPTY
+                call = Call(meter, prov, api, model, attribution if alone else attribution_of(attribution),
+                            None, None, extractor)
+            except Exception as exc:
+                meter._error(exc, "adapter")
+                return None, False, False
+            call.snapshot = snapshot
+            return call, False, True
+        started = begin(prov, api, model, attribution, kwargs, extractor=extractor)
+        if started is None:
+            return None, False, False
+        started.snapshot = snapshot
+        return started, _prepare(started, kwargs), False
 
     # The pre- and post-call work is shared by the sync and async wrappers.
 
@@ -482,15 +497,9 @@ def instrument(
             if bundle is not None:  # a helper's request made before jevons could pass it
                 kwargs["jevons"] = bundle
                 _DEFERRED_BUNDLE.set(None)  # for this call only, not one the SDK makes inside it
-            call = _direct(kwargs) if direct else None
-            taken = call is not None  # the direct path (see ``_direct``)
-            streaming = False
+            call, streaming, taken = _start(kwargs)
             if call is None:
-                call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
-                if call is None:
-                    return await fn(*args, **kwargs)
-                call.snapshot = snapshot
-                streaming = _prepare(call, kwargs)
+                return await fn(*args, **kwargs)
             token = set_call(call)
             try:
                 result = await fn(*args, **kwargs)
@@ -499,25 +508,17 @@ def instrument(
                 raise
             finally:
                 reset_call(token)
-            if taken:
-                if log_capture(meter, call, result):
-                    return result
-                call.snapshot = None  # not deferred (see ``log_capture``): built now, tried once
+            if taken and log_capture(meter, call, result):  # else built now (see ``log_capture``)
+                return result
             return _after(call, result, streaming)
 
         return ametered
 
     @functools.wraps(fn)
     def metered(*args: Any, **kwargs: Any) -> Any:
-        call = _direct(kwargs) if direct else None
-        taken = call is not None  # the direct path (see ``_direct``)
-        streaming = False
+        call, streaming, taken = _start(kwargs)
         if call is None:
-            call = begin(prov, api, kwargs.get(model_kw), attribution, kwargs, extractor=extractor)
-            if call is None:
-                return fn(*args, **kwargs)
-            call.snapshot = snapshot
-            streaming = _prepare(call, kwargs)
+            return fn(*args, **kwargs)
         token = set_call(call)
         try:
             result = fn(*args, **kwargs)
@@ -526,10 +527,8 @@ def instrument(
             raise
         finally:
             reset_call(token)
-        if taken:
-            if log_capture(meter, call, result):
-                return result
-            call.snapshot = None  # not deferred (see ``log_capture``): built now, tried once
+        if taken and log_capture(meter, call, result):  # else built now (see ``log_capture``)
+            return result
         return _after(call, result, streaming)
 
     return metered

@@ -39,14 +39,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from jevons.capture.adapters import (
     MethodSpec,
     fresh_copy,
-    install_attempt_hooks,
-    install_retry_hook,
     instrument,
     patch_method,
     patch_stream,
     register_adapter,
     rewrapping,
     snapshot_fields,
+    watch_retries,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
 from jevons.capture.build import review_usage
@@ -373,8 +372,7 @@ class AnthropicAdapter:
         prov = provider or self.provider
         call_spec, deferred_spec = _specs(prov, self.extractor, self.region(client))
         new = fresh_copy(client)
-        if not install_retry_hook(new):  # an SDK version without the retry method
-            install_attempt_hooks(getattr(new, "_client", None))
+        watch_retries(new)
         w: Any = new
         resources = [getattr(w, "messages", None), getattr(getattr(w, "beta", None), "messages", None)]
         for resource in resources:

@@ -39,14 +39,13 @@ from jevons.capture.adapters import (
     MethodSpec,
     awaited_with_bundle,
     fresh_copy,
-    install_attempt_hooks,
-    install_retry_hook,
     instrument,
     patch_method,
     patch_stream,
     register_adapter,
     rewrapping,
     snapshot_fields,
+    watch_retries,
 )
 from jevons.capture.attribution import Attribution, pop_call_attribution
 from jevons.capture.build import review_extracted
@@ -489,8 +488,7 @@ class OpenAIAdapter:
 
         is_async = isinstance(client, openai.AsyncOpenAI)
         new = fresh_copy(client)
-        if not install_retry_hook(new):  # an SDK version without the retry method
-            install_attempt_hooks(getattr(new, "_client", None))
+        watch_retries(new)
 
         def metered(resource: Any, name: str, spec: MethodSpec) -> Callable[..., Any] | None:
             original = getattr(resource, name, None)
