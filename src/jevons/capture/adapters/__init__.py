@@ -39,9 +39,10 @@ that wrap their async methods in plain decorators need it explicitly: the OpenAI
 2. ``spec.prepare(call, kwargs, streaming)`` may adjust the provider kwargs (OpenAI asks for
    usage on streams);
 3. calls the provider with ``CURRENT_CALL`` set to the call, so HTTP attempt hooks
-   (``install_attempt_hooks(http_client)``, httpx/httpx2 event hooks; on Stainless SDKs the
-   cheaper ``install_retry_hook(sdk_client)``) count each HTTP attempt of the SDK's own
-   retries: every attempt before the last becomes an ``error`` event with its attempt number;
+   (``install_attempt_hooks(http_client)``, httpx/httpx2 event hooks; on Stainless SDKs
+   ``watch_retries(sdk_client)``, the cheaper retry hook where it applies) count each attempt
+   of the SDK's own retries: every attempt before the last becomes an ``error`` event with its
+   attempt number;
 4. on an exception: ``call.fail(exc)`` and re-raise it unchanged; on a stream:
    ``spec.stream(call, result)`` returns the instrumented stream; otherwise
    ``spec.on_result(call, result)`` (default ``call.finish(result)``, which runs the
