@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from jevons.capture.meter import Meter
+from jevons.capture.meter import CURRENT_CALL, Meter
 from replay import ReplayServer, Reply, fixture_json
 
 CHAT = "/v1/chat/completions"
@@ -222,6 +223,45 @@ def test_sdk_retries_are_recorded_as_attempts(replay: ReplayServer, meter: Meter
     assert "429" in (events[0].error or "") and "500" in (events[1].error or "")
     assert events[2].usage.input_tokens == 19
     assert len({e.step for e in events}) == 1
+
+
+def test_retries_of_calls_in_flight_on_two_threads_stay_with_their_own_call(
+        replay: ReplayServer, meter: Meter) -> None:
+    # the call in flight is per thread (``CURRENT_CALL``, a context variable): two calls
+    # retried at the same time must each see only their own failed attempt
+    busy = Reply.json({"error": {"message": "busy", "type": "rate_limit"}}, status=429)
+    busy.delay = 0.3  # both first attempts are in flight together
+    replay.on(CHAT, [busy, busy, "openai/chat_basic", "openai/chat_basic"])
+    clients = {name: meter.wrap(client_for(replay, max_retries=1), customer=name) for name in ("a", "b")}
+    start = threading.Barrier(2)
+
+    def call(name: str) -> None:
+        start.wait()
+        clients[name].chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert replay.count(CHAT) == 4
+    for name in clients:
+        mine = sorted((e for e in meter.events() if e.customer == name), key=lambda e: e.attempt)
+        assert [(e.attempt, e.status) for e in mine] == [(1, "error"), (2, "ok")], name
+        assert "429" in (mine[0].error or "")
+    assert CURRENT_CALL.get() is None
+
+
+def test_no_call_is_left_in_flight_after_a_call_returns_or_raises(
+        replay: ReplayServer, meter: Meter) -> None:
+    replay.on(CHAT, ["openai/chat_basic", "openai/error_500"])
+    client = meter.wrap(client_for(replay), customer="acme")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert CURRENT_CALL.get() is None
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert CURRENT_CALL.get() is None
+    assert [e.status for e in sorted(meter.events(), key=lambda e: e.timestamp)] == ["ok", "error"]
 
 
 def test_a_timed_out_attempt_the_sdk_retried_is_an_attempt_without_a_response(
