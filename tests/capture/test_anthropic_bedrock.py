@@ -178,6 +178,22 @@ def test_deferred_capture_is_rebuilt_as_the_same_bedrock_event(
     assert (rebuilt.provider, rebuilt.region, rebuilt.cost.status) == ("bedrock", "us-east-1", "priced")
 
 
+def test_an_ordinary_call_takes_the_direct_path_with_its_region(
+    durable_meter: Callable[[PriceBook], Meter], list_price_book: PriceBook, replay: ReplayServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replay.on(INVOKE, "bedrock/invoke_anthropic")
+    durable = durable_meter(list_price_book)
+    began: list[Any] = []
+    begin = durable.begin
+    monkeypatch.setattr(durable, "begin", lambda *a, **k: began.append(a) or begin(*a, **k))
+    durable.wrap(claude(replay, region="eu-west-1"), customer="acme").messages.create(
+        model=REPLY["_model"], max_tokens=256, messages=MESSAGES)  # type: ignore[arg-type]
+    assert began == []
+    [event] = durable.events()
+    assert (event.provider, event.region, event.cost.status) == ("bedrock", "eu-west-1", "priced")
+
+
 def test_the_original_client_stays_unmetered(bmeter: Meter, replay: ReplayServer) -> None:
     # AnthropicBedrock makes its resources in __init__: the wrapped copy gets its own, so
     # patching them (and the retry hook) leaves the caller's client as it was

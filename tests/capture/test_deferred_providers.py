@@ -261,6 +261,27 @@ def test_bedrock_converse_is_deferred_and_rebuilt(
         "bedrock", "converse", model, "us-east-1")
 
 
+def test_bedrock_converse_takes_the_direct_path_with_its_region(
+    replay: ReplayServer, durable: Meter, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the client's region comes with the method (``MethodSpec.region``), not from a
+    # ``prepare``: an ordinary call needs nothing of ``Meter.begin``; one with a per-call
+    # kwarg goes through it, and keeps the region too
+    began: list[str] = []
+    begin = durable.begin
+    monkeypatch.setattr(durable, "begin", lambda *a, **k: began.append(a[2]) or begin(*a, **k))
+    replay.on(CONVERSE, "bedrock/converse_claude_cache")
+    model = BEDROCK["converse_claude_cache"][0]
+    client = durable.wrap(bedrock_client(replay)(durable), **ATTRIBUTION)
+    client.converse(modelId=model, messages=BEDROCK_MESSAGES)
+    assert began == []
+    client.converse(modelId=model, messages=BEDROCK_MESSAGES, jevons_customer="globex")
+    assert began == [model]
+    events = sorted(durable.events(), key=lambda e: e.customer or "")
+    assert [(e.customer, e.region, e.cost.status) for e in events] == [
+        ("acme", "us-east-1", "priced"), ("globex", "us-east-1", "priced")]
+
+
 async def test_bedrock_aioboto3_converse_is_deferred(
     replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
 ) -> None:

@@ -389,6 +389,9 @@ class MethodSpec:
     snapshot: Callable[[Any], Any] | None = None
     # ``prepare`` only changes streaming calls (not called for the others: one call fewer)
     prepare_streams_only: bool = False
+    # the region the client calls (Bedrock, a cloud-hosted Anthropic): priced by it, and set
+    # on every call without a ``prepare``, so that such a call may take the direct path
+    region: str | None = None
 
 
 _UNOBSERVED = "stream could not be observed"
@@ -418,6 +421,7 @@ def instrument(
     default_is_stream = is_stream is _default_is_stream
     on_result = spec.on_result
     snapshot = spec.snapshot
+    region = spec.region
     begin = meter.begin
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
@@ -451,11 +455,13 @@ def instrument(
                 meter._error(exc, "adapter")
                 return None, False, False
             call.snapshot = snapshot
+            call.region = region
             return call, False, True
         started = begin(prov, api, model, attribution, kwargs, extractor=extractor)
         if started is None:
             return None, False, False
         started.snapshot = snapshot
+        started.region = region
         return started, _prepare(started, kwargs), False
 
     # The pre- and post-call work is shared by the sync and async wrappers.

@@ -288,15 +288,10 @@ def _specs(provider: str, extractor: str, region: str | None) -> tuple[MethodSpe
     """(create/parse, the deferred request of a ``.stream()`` manager). ``extractor`` other
     than Anthropic's own: a host pricing by the model id as called, in ``region``."""
     observe = _observe if extractor == PROVIDER else _observe_hosted
-    prepare = None
-    if region is not None:
-        def prepare(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
-            call.region = region
-
     call_spec = MethodSpec(API, provider, extractor, stream=observe, on_result=_finish,
-                           snapshot=_message_snapshot, prepare=prepare)
+                           snapshot=_message_snapshot, region=region)
     deferred = MethodSpec(API, provider, extractor, stream=observe, is_stream=_always_stream,
-                          prepare=prepare)
+                          region=region)
     return call_spec, deferred
 
 

@@ -555,15 +555,12 @@ class BedrockAdapter:
                              unique_id=_ATTEMPT_HANDLER_ID)
         is_async = _is_async_client(client)
 
-        def prepare(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
-            call.region = region
-
         for method, (spec, read_body) in _METHODS.items():
             original = getattr(client, method, None)
             if original is None:
                 continue
             provider_call = (_async_reading if is_async else _sync_reading)(original, read_body)
-            metered = instrument(meter, provider_call, replace(spec, prepare=prepare), attribution,
+            metered = instrument(meter, provider_call, replace(spec, region=region), attribution,
                                  provider or PROVIDER)
             patch_method(wrapped, method, metered)
         return wrapped
