@@ -206,13 +206,31 @@ def test_gemini_generate_content_is_deferred_and_rebuilt(
 ) -> None:
     model, expect = GEMINI[name]
     replay.on(GENERATE, f"gemini/{name}")
-    # ``models/...``: the adapter's ``prepare`` still runs and names the model without it
+    # ``models/...``: named without the prefix (``MethodSpec.model_prefix``)
     both(durable, meter, gemini_client(replay),
          lambda c: c.models.generate_content(model=f"models/{model}", contents="hello"))
     event = check_deferred(durable, meter, list_price_book)
     assert expect(event.usage), event.usage
     assert (event.provider, event.api, event.model_requested) == ("gemini", "generate_content", model)
     assert event.raw_usage is not None and "promptTokenCount" in event.raw_usage
+
+
+def test_gemini_takes_the_direct_path_and_names_the_model_without_its_prefix(
+    replay: ReplayServer, durable: Meter, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    began: list[str] = []
+    begin = durable.begin
+    monkeypatch.setattr(durable, "begin", lambda *a, **k: began.append(a[2]) or begin(*a, **k))
+    replay.on(GENERATE, "gemini/generate_basic")
+    client = durable.wrap(gemini_client(replay)(durable), **ATTRIBUTION)
+    client.models.generate_content(model="models/gemini-2.5-flash", contents="hello")
+    assert began == []
+    client.models.generate_content(model="models/gemini-2.5-flash", contents="hello",
+                                   jevons_customer="globex")
+    assert began == ["gemini-2.5-flash"]
+    events = sorted(durable.events(), key=lambda e: e.customer or "")
+    assert [(e.customer, e.model_requested, e.cost.status) for e in events] == [
+        ("acme", "gemini-2.5-flash", "priced"), ("globex", "gemini-2.5-flash", "priced")]
 
 
 async def test_gemini_aio_generate_content_is_deferred(

@@ -392,6 +392,9 @@ class MethodSpec:
     # the region the client calls (Bedrock, a cloud-hosted Anthropic): priced by it, and set
     # on every call without a ``prepare``, so that such a call may take the direct path
     region: str | None = None
+    # a prefix the SDK accepts on model names and prices do not use (Gemini's ``models/``),
+    # removed from the requested model on both paths
+    model_prefix: str | None = None
 
 
 _UNOBSERVED = "stream could not be observed"
@@ -422,6 +425,7 @@ def instrument(
     on_result = spec.on_result
     snapshot = spec.snapshot
     region = spec.region
+    model_prefix = spec.model_prefix
     begin = meter.begin
     set_call = CURRENT_CALL.set
     reset_call = CURRENT_CALL.reset
@@ -444,6 +448,8 @@ def instrument(
         else by ``begin`` (``None``: jevons failed, call the provider unmetered) and
         ``spec.prepare``."""
         model = kwargs.get(model_kw)
+        if model_prefix is not None and type(model) is str:
+            model = model.removeprefix(model_prefix)
         if (direct and type(model) is str and not meter.guards and no_call_kwargs(kwargs)
                 and kwargs.get("stream") is not True and run_of() is None):
             try:

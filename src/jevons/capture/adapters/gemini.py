@@ -358,9 +358,8 @@ def _per_request(metered: Callable[..., Any]) -> Callable[..., Any]:
     return request
 
 
-def _prepare(call: Call, kwargs: dict[str, Any], streaming: bool) -> None:
-    """``models/gemini-2.5-flash`` and ``gemini-2.5-flash`` name one model."""
-    call.model = call.model.removeprefix("models/")
+#: ``models/gemini-2.5-flash`` and ``gemini-2.5-flash`` name one model
+_MODEL_PREFIX = "models/"
 
 
 # what ``extract_response`` reads again after a crash (see ``jevons.capture.record``): the model
@@ -453,8 +452,9 @@ class GeminiAdapter:
         c: Any = client
         api_client = c._api_client
         prov = provider or ("vertex_ai" if getattr(api_client, "vertexai", False) else PROVIDER)
-        call_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare, snapshot=_response_snapshot)
-        stream_spec = MethodSpec(API, prov, PROVIDER, prepare=_prepare, stream=_observe,
+        call_spec = MethodSpec(API, prov, PROVIDER, model_prefix=_MODEL_PREFIX,
+                               snapshot=_response_snapshot)
+        stream_spec = MethodSpec(API, prov, PROVIDER, model_prefix=_MODEL_PREFIX, stream=_observe,
                                  is_stream=_always_stream)
         new: Any = copy.copy(c)
         # ``Client.__del__`` closes its API client's HTTP clients, which the copy shares with
