@@ -121,6 +121,20 @@ def test_every_source_of_attribution_reaches_a_deferred_call(replay: ReplayServe
     ]
 
 
+def test_a_call_after_the_meter_closed_passes_through_with_one_error(
+        replay: ReplayServer, durable: Meter) -> None:
+    replay.on(CHAT, "openai/chat_basic")
+    errors: list[tuple[str, str]] = []
+    durable.on_error = lambda exc, kind: errors.append((kind, str(exc)))
+    client = durable.wrap(openai_client(replay), customer="acme")
+    durable.close()
+    result = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert result.usage is not None and result.usage.total_tokens == 29  # the call is unaffected
+    stats = durable.stats()
+    assert (stats["errors"], stats["unstored"]) == (1, 1)  # reported once, not per path tried
+    assert errors == [("store", "jevons ledger store is closed")]
+
+
 def test_a_guard_added_after_the_meter_was_made_still_sees_every_call(
         replay: ReplayServer, durable: Meter) -> None:
     replay.on(CHAT, "openai/chat_basic")

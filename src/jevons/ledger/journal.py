@@ -350,13 +350,12 @@ class JournaledStore:
         is written like an event's line (durable once this returns, in ``strict`` mode), and
         the drain thread calls ``complete(item)`` for the event, in log order, before it
         commits. The event's key is fresh (never a duplicate). False: not taken (not
-        ``takes_captures``, or the database is behind and rows are not held in memory); build
-        the event now."""
+        ``takes_captures``, the database is behind and rows are not held in memory, or the
+        store is closed); build the event now (``append`` then reports a closed store: one
+        error for the call, not one here and one there)."""
         with self._lock:
             if self._closed or self._spilled or not self.takes_captures or (
                     self._kept_bytes + self._carry_bytes > self._row_cap_bytes):
-                if self._closed:
-                    raise RuntimeError("jevons ledger store is closed")
                 return False
             log = self._log
             size = len(line) + 1 if log is None else log.append_line(line)
