@@ -123,6 +123,7 @@ class Call:
         run: Run | None,
         step: int | None,
         extractor: str,
+        region: str | None = None,
     ) -> None:
         self.meter = meter
         self.provider = provider
@@ -137,7 +138,7 @@ class Call:
         self.snapshot: Callable[[Any], Any] | None = None
         self.http_attempts: list[int | None] = []  # status per HTTP attempt (None: no response)
         self.done = False
-        self.region: str | None = None
+        self.region = region  # the region the client calls, when prices depend on it
         self.attempt_no: int | None = None  # set when the adapter numbers attempts itself
         # stream items that answer what the adapter asked for and the caller did not (OpenAI's
         # usage-only chunk when jevons set ``include_usage``): observed, not passed on

@@ -456,12 +456,11 @@ def instrument(
                 # nothing to merge in the common case: ``attribution_of`` only when there is
                 alone = context_of() is EMPTY and meter.default is EMPTY
                 call = Call(meter, prov, api, model, attribution if alone else attribution_of(attribution),
-                            None, None, extractor)
+                            None, None, extractor, region)
             except Exception as exc:
                 meter._error(exc, "adapter")
                 return None, False, False
             call.snapshot = snapshot
-            call.region = region
             return call, False, True
         started = begin(prov, api, model, attribution, kwargs, extractor=extractor)
         if started is None:
