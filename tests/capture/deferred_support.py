@@ -1,6 +1,11 @@
-"""Shared by the deferred-capture tests: the durable meter's log lines, and event equality."""
+"""Shared by the deferred-capture tests: the durable meter's log lines, event equality, and the
+calls that took the general path."""
 
 from __future__ import annotations
+
+from typing import Any
+
+import pytest
 
 from jevons.capture.meter import Meter
 from jevons.events import Event
@@ -23,3 +28,17 @@ def same_event(a: Event, b: Event) -> None:
         assert getattr(a, name) == getattr(b, name), name
     assert (a.cost.status, a.cost.total_usd, a.cost.price_version, a.cost.lines) == (
         b.cost.status, b.cost.total_usd, b.cost.price_version, b.cost.lines)
+
+
+def begun(meter: Meter, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The models of the calls that go through ``Meter.begin`` (the general path) from now on,
+    spied before the client is wrapped: a call on the direct path adds none."""
+    models: list[str] = []
+    begin = meter.begin
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        models.append(args[2])
+        return begin(*args, **kwargs)
+
+    monkeypatch.setattr(meter, "begin", spy)
+    return models

@@ -14,7 +14,7 @@ from typing import Any
 import anthropic
 import boto3
 import pytest
-from deferred_support import log_lines, same_event
+from deferred_support import begun, log_lines, same_event
 
 import jevons
 from jevons.capture.meter import Meter
@@ -184,9 +184,7 @@ def test_an_ordinary_call_takes_the_direct_path_with_its_region(
 ) -> None:
     replay.on(INVOKE, "bedrock/invoke_anthropic")
     durable = durable_meter(list_price_book)
-    began: list[Any] = []
-    begin = durable.begin
-    monkeypatch.setattr(durable, "begin", lambda *a, **k: began.append(a) or begin(*a, **k))
+    began = begun(durable, monkeypatch)
     durable.wrap(claude(replay, region="eu-west-1"), customer="acme").messages.create(
         model=REPLY["_model"], max_tokens=256, messages=MESSAGES)  # type: ignore[arg-type]
     assert began == []

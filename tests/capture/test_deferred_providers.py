@@ -17,7 +17,7 @@ import aioboto3
 import anthropic
 import boto3
 import pytest
-from deferred_support import log_lines, same_event
+from deferred_support import begun, log_lines, same_event
 from google import genai
 from google.genai import types
 from mistralai.client import Mistral
@@ -218,9 +218,7 @@ def test_gemini_generate_content_is_deferred_and_rebuilt(
 def test_gemini_takes_the_direct_path_and_names_the_model_without_its_prefix(
     replay: ReplayServer, durable: Meter, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    began: list[str] = []
-    begin = durable.begin
-    monkeypatch.setattr(durable, "begin", lambda *a, **k: began.append(a[2]) or begin(*a, **k))
+    began = begun(durable, monkeypatch)
     replay.on(GENERATE, "gemini/generate_basic")
     client = durable.wrap(gemini_client(replay)(durable), **ATTRIBUTION)
     client.models.generate_content(model="models/gemini-2.5-flash", contents="hello")
@@ -285,9 +283,7 @@ def test_bedrock_converse_takes_the_direct_path_with_its_region(
     # the client's region comes with the method (``MethodSpec.region``), not from a
     # ``prepare``: an ordinary call needs nothing of ``Meter.begin``; one with a per-call
     # kwarg goes through it, and keeps the region too
-    began: list[str] = []
-    begin = durable.begin
-    monkeypatch.setattr(durable, "begin", lambda *a, **k: began.append(a[2]) or begin(*a, **k))
+    began = begun(durable, monkeypatch)
     replay.on(CONVERSE, "bedrock/converse_claude_cache")
     model = BEDROCK["converse_claude_cache"][0]
     client = durable.wrap(bedrock_client(replay)(durable), **ATTRIBUTION)
