@@ -10,6 +10,7 @@ features: cache reads and writes (5-minute, 1-hour), thinking, tool calls, web s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +27,9 @@ from jevons.capture.meter import Meter
 from jevons.capture.record import capture_reader
 from jevons.events import Event
 from jevons.prices.book import PriceBook
-from jevons.usage import Usage
+from jevons.usage import USAGE_FIELDS, Usage
 from replay import ReplayServer
+from replay.server import FIXTURES
 
 ATTRIBUTION: dict[str, Any] = {"customer": "acme", "feature": "chat", "tags": {"team": "a"}}
 
@@ -294,6 +296,86 @@ def test_bedrock_converse_takes_the_direct_path_with_its_region(
     events = sorted(durable.events(), key=lambda e: e.customer or "")
     assert [(e.customer, e.region, e.cost.status) for e in events] == [
         ("acme", "us-east-1", "priced"), ("globex", "us-east-1", "priced")]
+
+
+INVOKE = r"^/model/[^/]+/invoke$"
+INVOKE_FIXTURES = sorted(p.stem for p in (FIXTURES / "bedrock").glob("invoke_*.json")
+                         if not p.stem.startswith("invoke_stream_") and p.stem != "invoke_unknown_shape")
+
+
+def _texts(value: Any) -> list[str]:
+    """Every string of a JSON value (the model's answer is among them)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _texts(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", INVOKE_FIXTURES)
+def test_bedrock_invoke_model_is_deferred_and_rebuilt(
+    name: str, replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    # the snapshot is the body's reading (usage, raw usage block, flags), never its text
+    spec = json.loads((FIXTURES / "bedrock" / f"{name}.json").read_text())
+    replay.on(INVOKE, f"bedrock/{name}")
+    bodies = []
+    for m in (durable, meter):
+        client = m.wrap(bedrock_client(replay)(m), **ATTRIBUTION)
+        bodies.append(json.loads(client.invoke_model(modelId=spec["_model"], body=b"{}")["body"].read()))
+    assert bodies[0] == bodies[1] == spec["json"]  # the caller still reads the whole body
+    [line] = log_lines(durable)
+    assert line.startswith(b'["C1",'), "a capture line, not a built event"
+    answer = [t for t in _texts(spec["json"]) if len(t) > 12 and t != spec["json"].get("model")]
+    assert not [t for t in answer if t.encode() in line], "the body's text is not logged"
+    [deferred] = durable.events()
+    [synchronous] = meter.events()
+    same_event(deferred, synchronous)
+    rebuilt = capture_reader(list_price_book)(line)
+    assert (rebuilt.id, rebuilt.timestamp) == (deferred.id, deferred.timestamp)
+    same_event(rebuilt, deferred)
+    assert (deferred.api, deferred.region, deferred.status) == ("invoke", "us-east-1", "ok")
+    expected = {k: v for k, v in spec.get("_expected", {}).items() if k in USAGE_FIELDS}
+    assert {k: getattr(deferred.usage, k) for k in expected} == expected
+    assert durable.stats()["errors"] == 0
+
+
+async def test_bedrock_aioboto3_invoke_model_is_deferred(
+    replay: ReplayServer, durable: Meter, meter: Meter, list_price_book: PriceBook,
+) -> None:
+    spec = json.loads((FIXTURES / "bedrock" / "invoke_anthropic.json").read_text())
+    replay.on(INVOKE, "bedrock/invoke_anthropic")
+    session = aioboto3.Session()
+    for m in (durable, meter):
+        async with session.client("bedrock-runtime", region_name="us-east-1", endpoint_url=replay.url,
+                                  aws_access_key_id="testing", aws_secret_access_key="testing") as raw:
+            response = await m.wrap(raw, **ATTRIBUTION).invoke_model(modelId=spec["_model"], body=b"{}")
+            assert json.loads(await response["body"].read()) == spec["json"]
+    [line] = log_lines(durable)
+    assert line.startswith(b'["C1",')
+    [deferred] = durable.events()
+    [synchronous] = meter.events()
+    same_event(deferred, synchronous)
+    same_event(capture_reader(list_price_book)(line), deferred)
+    assert deferred.usage.cache_write_1h_tokens == 2000
+
+
+def test_bedrock_invoke_body_without_usage_is_built_at_once(
+    replay: ReplayServer, durable: Meter, meter: Meter,
+) -> None:
+    # nothing to defer: its review event keeps what the body showed, as the synchronous one
+    spec = json.loads((FIXTURES / "bedrock" / "invoke_unknown_shape.json").read_text())
+    replay.on(INVOKE, "bedrock/invoke_unknown_shape")
+    for m in (durable, meter):
+        m.wrap(bedrock_client(replay)(m), **ATTRIBUTION).invoke_model(modelId=spec["_model"], body=b"{}")
+    [line] = log_lines(durable)
+    assert not line.startswith(b'["C1",'), "an event built on the caller's thread"
+    [event] = durable.events()
+    [synchronous] = meter.events()
+    same_event(event, synchronous)
+    assert event.needs_review
 
 
 async def test_bedrock_aioboto3_converse_is_deferred(

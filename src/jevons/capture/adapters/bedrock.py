@@ -60,6 +60,7 @@ from jevons.capture.adapters.bedrock_usage import (
 from jevons.capture.attribution import Attribution
 from jevons.capture.extract import Extracted, UnknownShape, register_extractor
 from jevons.capture.meter import CURRENT_CALL, Call
+from jevons.capture.record import log_capture
 from jevons.usage import Usage
 
 if TYPE_CHECKING:
@@ -135,15 +136,54 @@ def _body_of(response: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def extract_invoke(response: Any, model: str | None) -> Extracted:
     """An ``invoke_model`` response: boto3's dict (``body`` + ``ResponseMetadata``) or the
-    decoded JSON body alone. ``model`` selects the family; without it the shape decides."""
+    decoded JSON body alone. ``model`` selects the family; without it the shape decides. Also
+    the snapshot of one (``_invoke_snapshot``), read from the append log."""
     if not isinstance(response, Mapping):
         raise UnknownShape(f"an invoke response is a dict, not {type(response).__name__}")
+    logged = response.get(_INVOKE_READING)
+    if isinstance(logged, Mapping):
+        return _require(_reading_of(logged))
     if "body" in response and "ResponseMetadata" in response:
         body = _body_of(response)
         headers: Mapping[str, Any] | None = headers_of(response)
     else:
         body, headers = response, None
     return _require(reading_from_invoke(body, model or "", headers))
+
+
+#: the one key of an ``invoke_model`` snapshot (``_invoke_snapshot``)
+_INVOKE_READING = "jevons_invoke_reading"
+
+
+def _invoke_snapshot(response: Any) -> dict[str, Any] | None:
+    """What rebuilds an ``invoke_model`` event after a crash without logging its body (the
+    model's answer): the body's reading (usage, the raw usage block, flags), made on the
+    caller's thread because the body's family comes from the ``modelId``, which the body
+    jevons buffered carries (``_Buffer``). ``None``, built at once as before: a body jevons
+    did not buffer, or one without usage (its review event keeps what the body showed)."""
+    if not isinstance(response, Mapping):
+        return None
+    body = response.get("body")
+    data = _buffered_bytes(body)
+    model = _buffered_model(body)
+    if data is None or model is None:
+        return None
+    reading = reading_from_invoke(parse_body(data), model, headers_of(response))
+    if reading.usage is None:
+        return None
+    return {_INVOKE_READING: {
+        "usage": reading.usage.to_dict(compact=True), "raw": reading.raw, "source": reading.source,
+        "complete": reading.complete, "family": reading.family, "notes": list(reading.notes),
+    }}
+
+
+def _reading_of(logged: Mapping[str, Any]) -> BedrockReading:
+    """The reading an ``invoke_model`` snapshot holds."""
+    return BedrockReading(
+        Usage.from_dict(dict(logged["usage"])), logged.get("raw"), logged["source"],
+        complete=bool(logged.get("complete", True)), family=logged.get("family"),
+        notes=tuple(logged.get("notes") or ()),
+    )
 
 
 def extract_hosted_message(response: Any, model: str | None) -> Extracted:
@@ -226,13 +266,18 @@ def _is_sync_streaming_body(body: Any) -> bool:
 
 
 class _Buffer(io.BytesIO):
-    """The bytes of a body already read by jevons (marks a body as ours)."""
+    """The bytes of a body already read by jevons (marks a body as ours), and the ``modelId``
+    it answered (``_invoke_snapshot`` reads the body by its family)."""
+
+    model: str | None = None
 
 
-def _sync_body(data: bytes) -> Any:
+def _sync_body(data: bytes, model: str | None = None) -> Any:
     from botocore.response import StreamingBody
 
-    return StreamingBody(_Buffer(data), len(data))
+    buffer = _Buffer(data)
+    buffer.model = model
+    return StreamingBody(buffer, len(data))
 
 
 class _BufferedContent:
@@ -253,9 +298,10 @@ class _BufferedResponse:
     """Stands in for the ``aiohttp.ClientResponse`` an aiobotocore body wraps, once read:
     the body comes from memory, every other attribute from the original response."""
 
-    def __init__(self, original: Any, data: bytes) -> None:
+    def __init__(self, original: Any, data: bytes, model: str | None = None) -> None:
         self._original = original
         self.content = _BufferedContent(data)
+        self.model = model  # the ``modelId`` it answered (see ``_Buffer``)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
@@ -276,11 +322,11 @@ class _BufferedResponse:
         return None
 
 
-def _async_body(original: Any, data: bytes) -> Any:
+def _async_body(original: Any, data: bytes, model: str | None = None) -> Any:
     from aiobotocore.response import StreamingBody  # type: ignore[import-untyped]
 
     wrapped = getattr(original, "__wrapped__", original)
-    return StreamingBody(_BufferedResponse(wrapped, data), str(len(data)))
+    return StreamingBody(_BufferedResponse(wrapped, data, model), str(len(data)))
 
 
 def _buffered_bytes(body: Any) -> bytes | None:
@@ -292,6 +338,15 @@ def _buffered_bytes(body: Any) -> bytes | None:
     if isinstance(wrapped, _BufferedResponse):
         return wrapped.content.data
     return None
+
+
+def _buffered_model(body: Any) -> str | None:
+    """The ``modelId`` of a body this module read during a metered call, else ``None``."""
+    raw = getattr(body, "_raw_stream", None)
+    if isinstance(raw, _Buffer):
+        return raw.model
+    wrapped = getattr(body, "__wrapped__", None)
+    return wrapped.model if isinstance(wrapped, _BufferedResponse) else None
 
 
 def _client_error_status(exc: BaseException) -> int | None:
@@ -319,12 +374,17 @@ def _record_http_error(exc: BaseException) -> None:
             call.meter._error(bug, "adapter")
 
 
+def _model_id(kwargs: Mapping[str, Any]) -> str | None:
+    model = kwargs.get("modelId")
+    return model if isinstance(model, str) else None
+
+
 def _sync_reading(fn: Callable[..., Any], read_body: bool) -> Callable[..., Any]:
     def call_provider(*args: Any, **kwargs: Any) -> Any:
         try:
             result = fn(*args, **kwargs)
             if read_body and isinstance(result, dict) and _is_sync_streaming_body(result.get("body")):
-                result["body"] = _sync_body(result["body"].read())
+                result["body"] = _sync_body(result["body"].read(), _model_id(kwargs))
         except Exception as exc:
             _record_http_error(exc)
             raise
@@ -339,7 +399,7 @@ def _async_reading(fn: Callable[..., Any], read_body: bool) -> Callable[..., Any
             result = await fn(*args, **kwargs)
             body = result.get("body") if isinstance(result, dict) else None
             if read_body and body is not None and _buffered_bytes(body) is None:
-                result["body"] = _async_body(body, await body.read())
+                result["body"] = _async_body(body, await body.read(), _model_id(kwargs))
         except Exception as exc:
             _record_http_error(exc)
             raise
@@ -349,6 +409,8 @@ def _async_reading(fn: Callable[..., Any], read_body: bool) -> Callable[..., Any
 
 
 def _on_invoke_result(call: Call, result: Any) -> None:
+    if call.snapshot is not None and log_capture(call.meter, call, result):
+        return  # built by the ledger's background thread (``record.log_capture``)
     if not isinstance(result, Mapping):
         call.finish(result)
         return
@@ -504,7 +566,7 @@ _METHODS: dict[str, tuple[MethodSpec, bool]] = {
     "converse_stream": (MethodSpec(API_CONVERSE_STREAM, PROVIDER, model_kwarg="modelId",
                                    is_stream=_always, stream=_converse_stream), False),
     "invoke_model": (MethodSpec(API_INVOKE, PROVIDER, model_kwarg="modelId",
-                                on_result=_on_invoke_result), True),
+                                on_result=_on_invoke_result, snapshot=_invoke_snapshot), True),
     "invoke_model_with_response_stream": (MethodSpec(API_INVOKE_STREAM, PROVIDER, model_kwarg="modelId",
                                                      is_stream=_always, stream=_invoke_stream), False),
 }
