@@ -93,6 +93,25 @@ def test_a_logged_line_rebuilds_the_live_event_gateway_cost_included(
     assert rebuilt.gateway_cost_usd == Decimal("0.007635")
 
 
+@pytest.mark.parametrize("name", ["responses_basic", "responses_cache_write", "responses_reasoning"])
+def test_responses_are_deferred_and_rebuilt(
+    name: str, replay: ReplayServer, durable: Meter, meter: Meter, test_book: PriceBook,
+) -> None:
+    # the Responses snapshot is a dict (usage, status, output item types): the background
+    # thread builds from it as a rebuild after a crash does
+    replay.on("/v1/responses", f"openai/{name}")
+    for m in (durable, meter):
+        m.wrap(openai_client(replay), customer="acme").responses.create(model="o4-mini", input="hi")
+    [line] = log_lines(durable)
+    assert line.startswith(b'["C1",'), "a capture line, not a built event"
+    [deferred] = durable.events()
+    [synchronous] = meter.events()
+    same_event(deferred, synchronous)
+    same_event(capture_reader(test_book)(line), deferred)
+    assert deferred.api == "responses" and deferred.usage.input_tokens > 0
+    assert durable.stats()["errors"] == 0
+
+
 def test_a_raw_response_is_recorded_at_once(replay: ReplayServer, durable: Meter) -> None:
     replay.on(CHAT, "openai/chat_basic")
     client = durable.wrap(openai_client(replay), customer="acme")

@@ -581,7 +581,9 @@ class Meter:
 
     # ================================================================== building events
     def _complete_capture(self, item: tuple[Call, Any, str, int, int]) -> Event:
-        """A deferred capture's event (called by the store's background thread)."""
+        """A deferred capture's event (called by the store's background thread), read from
+        the live response, or from its snapshot when that is a dict in the provider's JSON
+        shape (``record.log_capture``)."""
         call, response, prefix, n, ts = item
         event_id = _record.capture_id(prefix, n)
         extracted = extract_or_review(call.extractor, call.api, response, call.model, self._error)

@@ -152,8 +152,11 @@ def log_capture(meter: Meter, call: Call, response: Any) -> bool:
                                 a.customer, a.feature, a.tags or None, call.attempt_no or 1, call.region,
                                 snapshot))
         call.done = True
+        # a snapshot in the provider's JSON shape is what the extractor reads after a crash:
+        # the background thread reads it too (no second parse, the response not kept alive)
         if meter.store.append_capture(  # type: ignore[attr-defined]
-                line, (call, response, prefix, n, ts), meter._complete_capture):
+                line, (call, snapshot if type(snapshot) is dict else response, prefix, n, ts),
+                meter._complete_capture):
             return True
         call.done = False
     except Exception as exc:
