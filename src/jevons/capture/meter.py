@@ -149,7 +149,7 @@ class Call:
         """A complete (non-streamed) response: extract its usage and record the attempt."""
         if self.done:
             return None
-        if self.snapshot is not None and _record.log_capture(self.meter, self, response):
+        if _record.log_capture(self.meter, self, response):  # deferred (its rule is there)
             return None
         return self.finish_extracted(
             extract_or_review(self.extractor, self.api, response, self.model, self.meter._error))

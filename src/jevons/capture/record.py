@@ -129,16 +129,17 @@ def log_capture(meter: Meter, call: Call, response: Any) -> bool:
     (``read_capture``). One function on purpose: it is every ordinary call's hot path, run on
     the CPU caches the SDK left cold, where each Python frame costs about a microsecond.
     The one rule of what is deferred. False, and ``call.snapshot`` cleared so that nothing
-    tries again: not deferred (a meter without a capturing store, a guard or a run that must
-    see the cost before the next call, the SDK retried, the store is catching up after an
-    outage, or the snapshot does not know the response); the caller then records the call
-    at once."""
-    if (not meter._deferred or meter.guards or call.run is not None
+    tries again: not deferred (a call without a snapshot, a meter without a capturing store,
+    a guard or a run that must see the cost before the next call, the SDK retried, the store
+    is catching up after an outage, or the snapshot does not know the response); the caller
+    then records the call at once."""
+    snapshot_of = call.snapshot
+    if (snapshot_of is None or not meter._deferred or meter.guards or call.run is not None
             or len(call.http_attempts) > 1):  # retries: one event per attempt, now
         call.snapshot = None
         return False
     try:
-        snapshot = call.snapshot(response)  # type: ignore[misc]
+        snapshot = snapshot_of(response)
         if snapshot is None:
             call.snapshot = None
             return False

@@ -409,7 +409,7 @@ def _async_reading(fn: Callable[..., Any], read_body: bool) -> Callable[..., Any
 
 
 def _on_invoke_result(call: Call, result: Any) -> None:
-    if call.snapshot is not None and log_capture(call.meter, call, result):
+    if log_capture(call.meter, call, result):
         return  # built by the ledger's background thread (``record.log_capture``)
     if not isinstance(result, Mapping):
         call.finish(result)
