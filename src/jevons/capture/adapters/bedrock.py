@@ -163,12 +163,10 @@ def _invoke_snapshot(response: Any) -> dict[str, Any] | None:
     did not buffer, or one without usage (its review event keeps what the body showed)."""
     if not isinstance(response, Mapping):
         return None
-    body = response.get("body")
-    data = _buffered_bytes(body)
-    model = _buffered_model(body)
-    if data is None or model is None:
+    held = _buffered(response.get("body"))
+    if held is None or held.model is None:
         return None
-    reading = reading_from_invoke(parse_body(data), model, headers_of(response))
+    reading = reading_from_invoke(parse_body(held.data), held.model, headers_of(response))
     if reading.usage is None:
         return None
     return {_INVOKE_READING: {
@@ -271,6 +269,10 @@ class _Buffer(io.BytesIO):
 
     model: str | None = None
 
+    @property
+    def data(self) -> bytes:
+        return self.getvalue()
+
 
 def _sync_body(data: bytes, model: str | None = None) -> Any:
     from botocore.response import StreamingBody
@@ -303,6 +305,10 @@ class _BufferedResponse:
         self.content = _BufferedContent(data)
         self.model = model  # the ``modelId`` it answered (see ``_Buffer``)
 
+    @property
+    def data(self) -> bytes:
+        return self.content.data
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
 
@@ -329,24 +335,20 @@ def _async_body(original: Any, data: bytes, model: str | None = None) -> Any:
     return StreamingBody(_BufferedResponse(wrapped, data, model), str(len(data)))
 
 
+def _buffered(body: Any) -> _Buffer | _BufferedResponse | None:
+    """What holds a body this module already replaced (its ``data`` and ``model``: the sync
+    and the async body alike), else ``None``."""
+    raw = getattr(body, "_raw_stream", None)
+    if isinstance(raw, _Buffer):
+        return raw
+    wrapped = getattr(body, "__wrapped__", None)
+    return wrapped if isinstance(wrapped, _BufferedResponse) else None
+
+
 def _buffered_bytes(body: Any) -> bytes | None:
     """The bytes of a body this module already replaced, else ``None``."""
-    raw = getattr(body, "_raw_stream", None)
-    if isinstance(raw, _Buffer):
-        return raw.getvalue()
-    wrapped = getattr(body, "__wrapped__", None)
-    if isinstance(wrapped, _BufferedResponse):
-        return wrapped.content.data
-    return None
-
-
-def _buffered_model(body: Any) -> str | None:
-    """The ``modelId`` of a body this module read during a metered call, else ``None``."""
-    raw = getattr(body, "_raw_stream", None)
-    if isinstance(raw, _Buffer):
-        return raw.model
-    wrapped = getattr(body, "__wrapped__", None)
-    return wrapped.model if isinstance(wrapped, _BufferedResponse) else None
+    held = _buffered(body)
+    return None if held is None else held.data
 
 
 def _client_error_status(exc: BaseException) -> int | None:
