@@ -13,7 +13,9 @@ the caller's original client stays unmetered.
   here, its usage extracted, and replaced by a body of the SDK's own class over the same bytes
   (``read()``, ``iter_lines()``, ``iter_chunks()``... behave as before). Reading it is part of
   the call: a connection lost while reading raises from ``invoke_model`` (the SDK's own
-  exception, unchanged) and is recorded as an ``error`` attempt.
+  exception, unchanged) and is recorded as an ``error`` attempt. With the durable ledger the
+  call logs the body's reading (``_invoke_snapshot``: usage, the raw usage block, never the
+  text) and its event is built in the background.
 - **Streams** (``converse_stream``'s ``stream``, ``invoke_model_with_response_stream``'s
   ``body``) stay botocore's own ``EventStream`` objects: only their internal raw-message
   generator is swapped for an observing one, so the caller iterates exactly the same events.
