@@ -18,7 +18,9 @@ those builds, ``flush`` for the commit.
 The log is only read back when rows were not kept in memory: when the database fell more than
 ``memory_rows_bytes`` (32 MB) behind (an outage), the rows are dropped from memory and the
 drain re-reads the log from the last committed offset until it has caught up (capture lines
-are then rebuilt by ``read_capture``). Committed segments are deleted. A process that finds
+are then rebuilt by ``read_capture``). A drain kept from the GIL by a busy caller thread is
+lent it by the appending threads once more than ``lend_bytes`` (1 MB) wait in memory (see
+``_lend``). Committed segments are deleted. A process that finds
 another process's log whose owner is gone (the ``flock`` it held is free) drains that log and
 deletes it: the start-up recovery after a crash. Re-draining is harmless because the database
 keeps one event per idempotency key.
@@ -202,6 +204,7 @@ class JournaledStore:
         recent_keys: int = 100_000,
         rotate_bytes: int = 16 << 20,
         memory_rows_bytes: int = 32 << 20,
+        lend_bytes: int = 1 << 20,
         on_error: Callable[[BaseException], None] | None = None,
         reopen: Callable[[], SQLLedger] | None = None,
         read_capture: CaptureReader | None = None,
@@ -234,6 +237,12 @@ class JournaledStore:
         # rows appended and not yet taken by the drain (in log order); rows taken and not yet
         # committed; whether the rows were dropped from memory for the drain to re-read the log
         self._row_cap_bytes = memory_rows_bytes
+        # a drain starved of the GIL (see ``_lend``): past this much waiting in memory, an
+        # appending caller waits for it, at most ``_lend_wait_s`` once every ``_lend_every_s``
+        self._lend_bytes = lend_bytes
+        self._lend_wait_s = 0.05
+        self._lend_every_s = 1.0
+        self._next_lend = 0.0
         self._kept_bytes = 0
         self._rows: list[IndexRow | _Pending] = []
         self._carry: list[IndexRow] = []
@@ -245,7 +254,7 @@ class JournaledStore:
         self._built_cond = threading.Condition()
         self._spilled = False
         self._stats = {"appended": 0, "duplicates": 0, "stored": 0, "db_duplicates": 0,
-                       "drain_errors": 0, "recovered": 0}
+                       "drain_errors": 0, "recovered": 0, "lends": 0}
         self.last_error: str | None = None
         self._log: MappedLog | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -341,8 +350,11 @@ class JournaledStore:
                 self._recent.discard(self._recent_order.popleft())
             self._stats["appended"] += 1
             target = self._written
+            lend = self._kept_bytes > self._lend_bytes
         if self.durability == "sync":
             self._wait_committed(target)
+        elif lend:
+            self._lend(target)
         return True
 
     def append_capture(self, line: bytes, item: Any, complete: Callable[[Any], Event]) -> bool:
@@ -364,7 +376,32 @@ class JournaledStore:
             self._rows.append((_PENDING, line, item, complete))
             self._stats["appended"] += 1
             self._captures += 1
+            if self._kept_bytes <= self._lend_bytes:
+                return True
+            target = self._written
+        self._lend(target)
         return True
+
+    def _lend(self, target: int) -> None:
+        """Give the drain thread the GIL it is starved of, by waiting for it (at most
+        ``_lend_wait_s``, at most once every ``_lend_every_s``, never while the database is
+        failing): called by an appending thread when more than ``lend_bytes`` wait in memory.
+
+        Why: CPython hands the GIL to a waiting thread only after it has waited a whole switch
+        interval (5 ms) uninterrupted, and every release by the running thread restarts that
+        wait. A caller thread that is busy and releases the GIL briefly and often (the OpenAI
+        SDK's ``uuid4()`` reads ``os.urandom`` on every request; an event loop polls with a zero
+        timeout) therefore keeps the drain from ever running: measured, no event committed in
+        seconds of such calls, the backlog (and the live responses it holds for the garbage
+        collector to walk) growing until ``memory_rows_bytes``, after which every metered call
+        takes the slower synchronous path. A drain that keeps up never gets here."""
+        now = time.monotonic()
+        if now < self._next_lend or self.last_error is not None:
+            return
+        self._next_lend = now + self._lend_every_s
+        with self._lock:
+            self._stats["lends"] += 1
+        self._wait_drained(target, self._lend_wait_s)
 
     def settle(self, timeout: float | None = 30.0) -> bool:
         """Wait until every capture handed over so far has its event built (and the sinks
