@@ -355,7 +355,10 @@ def main() -> int:
         print(f"goal scaled to this machine by lago's figures (p50 <= {scaled50:.0f} us, "
               f"p99 <= {scaled99:.0f} us): {verdict}")
     stats = meter.stats()
-    print(f"jevons stats: events {stats['events']}, errors {stats['errors']}")
+    store_stats = getattr(meter.store, "stats", dict)()
+    print(f"jevons stats: events {stats['events']}, errors {stats['errors']}"
+          + (f", lends {store_stats['lends']} (a caller lent the drain the GIL: docs/ledger.md)"
+             if "lends" in store_stats else ""))
     meter.close()
     return 0
 
