@@ -453,3 +453,28 @@ def test_no_caller_waits_on_a_drain_whose_database_is_failing(tmp_path: Path,
         monkeypatch.undo()
         store.close()
     assert sqlite_ledger(tmp_path / "l.db").count() == 201
+
+
+def test_the_drain_thread_never_waits_for_itself(tmp_path: Path) -> None:
+    """A sink that records an event runs on the drain thread: its append must not lend the
+    GIL to the thread it is on (it would wait its whole 50 ms for nothing)."""
+    store = _store(sqlite_ledger(tmp_path / "l.db"), tmp_path, lend_bytes=1)
+    store._lend_every_s = 0.0
+    took: list[float] = []
+
+    def complete_and_record(event):  # type: ignore[no-untyped-def]
+        t = time.monotonic()
+        store.append(make_event(1000 + event.usage.input_tokens, key=f"from-sink-{event.id}"))
+        took.append(time.monotonic() - t)
+        return event
+
+    try:
+        for i in range(5):
+            event = make_event(i)
+            assert store.append_capture(encode_event(event), event, complete_and_record)
+        assert store.flush(timeout=30)
+        assert len(took) == 5
+        assert max(took) < 0.04, took
+        assert store.ledger.count() == 10
+    finally:
+        store.close()

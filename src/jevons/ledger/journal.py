@@ -396,7 +396,8 @@ class JournaledStore:
         collector to walk) growing until ``memory_rows_bytes``, after which every metered call
         takes the slower synchronous path. A drain that keeps up never gets here."""
         now = time.monotonic()
-        if now < self._next_lend or self.last_error is not None:
+        if (now < self._next_lend or self.last_error is not None
+                or threading.get_ident() == self._thread.ident):  # (a sink appending, on the drain)
             return
         self._next_lend = now + self._lend_every_s
         with self._lock:
