@@ -18,6 +18,14 @@ work is measured too ("background work per call": the whole run's extra time aga
 unwrapped client, flush included, divided by the calls). ``--ledger memory`` builds every
 event on the caller's thread into the in-memory store.
 
+jevons and lago-agent-sdk are each measured in a process of their own (each beside its own
+unwrapped client, python-floor and "unwrapped-2"), the two processes alternating from one
+repetition to the next. Measured in one process (``--together``, how this bench ran until
+session 8), each slows the other: lago-agent-sdk added 49.5-56 us alone and 72-96 us beside
+jevons on the same machine in the same hour, so the ratio flattered jevons. (Likely through
+garbage collection: lago's calls allocate the most, so they trigger most collections, and the
+responses jevons holds for its background thread make those dearer.)
+
 Goal (issue 3): p50 <= 15 us, p99 <= 50 us added per call, on the issue's machine, where
 lago-agent-sdk added 76 us (p50) and 108 us (p99). Machines differ several-fold in how fast
 they run this cold, cache-missing code (on the 2-core VM here lago adds 200-250 us), so the
@@ -25,6 +33,7 @@ verdict is also given against the goal scaled by lago's figure measured in the s
 jevons / lago <= 15/76 = 0.20 at p50 and <= 50/108 = 0.46 at p99.
 
     .venv/bin/python bench/bench_capture.py [--calls 4000] [--repeats 5] [--ledger memory|default]
+        [--together] [--no-lago] [--no-floor]
 """
 
 from __future__ import annotations
@@ -244,6 +253,85 @@ def store_share(meter: Any, template: Any, n: int = 5000) -> tuple[float, float]
     return percentile(samples, 0.50), percentile(samples, 0.99)
 
 
+def make_lago(client: OpenAI) -> Any:
+    """lago-agent-sdk wrapping ``client``; its events stay in its in-memory queue (nothing is
+    sent: no network here)."""
+    import logging
+
+    from lago_agent_sdk import LagoConfig, LagoSDK
+
+    logging.getLogger("lago_agent_sdk").setLevel(logging.CRITICAL)  # its undelivered queue
+    config = LagoConfig(api_key="bench", api_url="http://127.0.0.1:9/api/v1",
+                        flush_interval_seconds=3600.0, max_buffer_size=10_000_000)
+    lago = LagoSDK("bench", config=config, default_subscription_id="acme")
+    return lago.wrap(client)
+
+
+def measure(wrapped: list[str], n: int, warmup: int, seed: int, ledger: str,
+            with_floor: bool) -> dict[str, Any]:
+    """One repetition in this process: the unwrapped client, a second one (the noise floor),
+    python-floor and the wrapped clients named in ``wrapped`` ("jevons", "lago-agent-sdk"),
+    interleaved. Returns the added p50/p99 of each against the unwrapped client, and for
+    jevons its background work."""
+    def call(client: OpenAI) -> Callable[[], Any]:
+        create = client.chat.completions.create
+        return lambda: create(model="gpt-4o-mini", messages=MESSAGES)
+
+    calls: dict[str, Callable[[], Any]] = {"unwrapped": call(make_client()),
+                                           "unwrapped-2": call(make_client())}
+    if with_floor:
+        floor = python_floor(make_client(), os.environ["JEVONS_HOME"])
+        calls["python-floor"] = lambda: floor(model="gpt-4o-mini", messages=MESSAGES)
+    meter: Any = None
+    drain_clock: DrainClock | None = None
+    if "jevons" in wrapped:
+        from jevons.capture.meter import Meter
+
+        meter = Meter(ledger="memory" if ledger == "memory" else None)
+        drain_clock = DrainClock(meter.store) if hasattr(meter.store, "_drain_once") else None
+        calls["jevons"] = call(meter.wrap(make_client(), customer="acme", feature="bench"))
+    if "lago-agent-sdk" in wrapped:
+        calls["lago-agent-sdk"] = call(make_lago(make_client()))
+
+    run_once(calls, warmup, seed=-1 - seed)
+    out: dict[str, Any] = {"p50": {}, "p99": {}}
+    if meter is not None:
+        event = meter.events()[-1]  # (flushes: the warm-up's events are built and committed)
+        out["event"] = f"{event.cost.total_usd} USD ({event.cost.status}, {event.cost.price_version})"
+        out["store"] = type(meter.store).__name__
+        warm_events = meter.stats()["events"]
+        if drain_clock is not None:
+            drain_clock.reset()
+    times = run_once(calls, n, seed=seed)
+    ref = sorted(times.pop("unwrapped"))
+    out["base50"], out["base99"] = percentile(ref, 0.50), percentile(ref, 0.99)
+    for name, mine in times.items():
+        mine.sort()
+        out["p50"][name] = percentile(mine, 0.50) - out["base50"]
+        out["p99"][name] = percentile(mine, 0.99) - out["base99"]
+    if meter is not None:
+        meter.flush()
+        stats = meter.stats()
+        if drain_clock is not None:
+            out["background_us"] = drain_clock.per_event_us(stats["events"] - warm_events)
+        out["lends"] = getattr(meter.store, "stats", dict)().get("lends")
+        out["errors"] = stats["errors"]
+        meter.close()
+    return out
+
+
+def in_child(wrapped: list[str], args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """``measure`` run in a fresh process (this script with ``--child``)."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--child", ",".join(wrapped), "--calls", str(args.calls),
+           "--warmup", str(args.warmup), "--seed", str(seed), "--ledger", args.ledger,
+           *(["--no-floor"] if args.no_floor else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,82 +342,77 @@ def main() -> int:
     parser.add_argument("--no-lago", action="store_true", help="skip lago-agent-sdk")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the python-floor reference (see python_floor)")
+    parser.add_argument("--together", action="store_true",
+                        help="jevons and lago-agent-sdk in one process (each slows the other: "
+                             "see the module docstring)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     os.environ.setdefault("JEVONS_HOME", tempfile.mkdtemp(prefix="jevons-bench-"))
+    if args.child:
+        print(json.dumps(measure(args.child.split(","), args.calls, args.warmup, args.seed,
+                                 args.ledger, not args.no_floor)))
+        return 0
+
     import jevons
     from jevons.capture.meter import Meter
 
-    meter = Meter(ledger="memory" if args.ledger == "memory" else None)
-    drain_clock = DrainClock(meter.store) if hasattr(meter.store, "_drain_once") else None
-    raw = make_client()
-    metered = meter.wrap(make_client(), customer="acme", feature="bench")
-
-    def call(client: OpenAI) -> Callable[[], Any]:
-        create = client.chat.completions.create
-        return lambda: create(model="gpt-4o-mini", messages=MESSAGES)
-
-    # "unwrapped-2" is a second plain client: its "added latency" is the noise floor of the
-    # method (two identical clients measured alike), printed beside the real figures
-    calls: dict[str, Callable[[], Any]] = {
-        "unwrapped": call(raw), "unwrapped-2": call(make_client()), "jevons": call(metered)}
-    if not args.no_floor:
-        floor = python_floor(make_client(), os.environ["JEVONS_HOME"])
-        calls["python-floor"] = lambda: floor(model="gpt-4o-mini", messages=MESSAGES)
-
-    lago: Any = None
-    if not args.no_lago:
+    lago_ok = not args.no_lago
+    if lago_ok:
         try:
-            import logging
-
-            from lago_agent_sdk import LagoConfig, LagoSDK
-
-            logging.getLogger("lago_agent_sdk").setLevel(logging.CRITICAL)  # its undelivered queue
-
-            # events stay in lago's in-memory queue: nothing is sent (no network here)
-            config = LagoConfig(api_key="bench", api_url="http://127.0.0.1:9/api/v1",
-                                flush_interval_seconds=3600.0, max_buffer_size=10_000_000)
-            lago = LagoSDK("bench", config=config, default_subscription_id="acme")
-            calls["lago-agent-sdk"] = call(lago.wrap(make_client()))
+            make_lago(make_client())
         except Exception as exc:  # lago missing or incompatible: report and go on
             print(f"lago-agent-sdk unavailable: {exc!r}", file=sys.stderr)
-
-    run_once(calls, args.warmup, seed=-1)
-    event = meter.events()[-1]  # (flushes: the warm-up's events are built and committed)
-    warm_events = meter.stats()["events"]
-    if drain_clock is not None:
-        drain_clock.reset()
-    print(f"jevons {jevons.__version__}: one event per call; last cost {event.cost.total_usd} USD "
-          f"({event.cost.status}, {event.cost.price_version}); store {type(meter.store).__name__}")
-
-    added: dict[str, dict[str, list[float]]] = {
-        name: {"p50": [], "p99": []} for name in calls if name != "unwrapped"}
+            lago_ok = False
+    groups = ([["jevons", "lago-agent-sdk"]] if args.together else [["jevons"], ["lago-agent-sdk"]]) \
+        if lago_ok else [["jevons"]]
+    added: dict[str, dict[str, list[float]]] = {}
     base: dict[str, list[float]] = {"p50": [], "p99": []}
+    background: list[float] = []
+    lends: list[int] = []
+    first: dict[str, Any] = {}
     for repeat in range(args.repeats):
-        times = run_once(calls, args.calls, seed=repeat)
-        ref = sorted(times["unwrapped"])
-        ref50, ref99 = percentile(ref, 0.50), percentile(ref, 0.99)
-        base["p50"].append(ref50)
-        base["p99"].append(ref99)
-        for name in added:
-            mine = sorted(times[name])
-            added[name]["p50"].append(percentile(mine, 0.50) - ref50)
-            added[name]["p99"].append(percentile(mine, 0.99) - ref99)
+        # each group in a fresh process, in alternating order: drift in the machine's speed
+        # hits both alike
+        for group in groups if repeat % 2 == 0 else groups[::-1]:
+            out = in_child(group, args, seed=repeat)
+            first = first or out
+            base["p50"].append(out["base50"])
+            base["p99"].append(out["base99"])
+            for name in out["p50"]:
+                figures = added.setdefault(name, {"p50": [], "p99": []})
+                figures["p50"].append(out["p50"][name])
+                figures["p99"].append(out["p99"][name])
+            if "background_us" in out:
+                background.append(out["background_us"])
+            if out.get("lends") is not None:
+                lends.append(out["lends"])
 
-    print(f"\n{args.repeats} x {args.calls} interleaved calls per client (median of repetitions)")
+    layout = ("jevons and lago-agent-sdk in one process" if args.together or not lago_ok
+              else "jevons and lago-agent-sdk each in its own process")
+    print(f"jevons {jevons.__version__}: one event per call; last cost {first.get('event')}; "
+          f"store {first.get('store')}")
+    print(f"\n{args.repeats} x {args.calls} interleaved calls per client, {layout} "
+          f"(median of repetitions)")
     print(f"unwrapped call: p50 {statistics.median(base['p50']):8.1f} us   "
           f"p99 {statistics.median(base['p99']):8.1f} us")
     print(f"{'added latency':<18}{'p50 (us)':>10}{'p99 (us)':>10}")
-    for name, figures in added.items():
-        p50 = statistics.median(figures["p50"])
-        p99 = statistics.median(figures["p99"])
-        print(f"{name:<18}{p50:>10.1f}{p99:>10.1f}")
+    for name, figures in sorted(added.items()):
+        print(f"{name:<18}{statistics.median(figures['p50']):>10.1f}"
+              f"{statistics.median(figures['p99']):>10.1f}")
     j50, j99 = statistics.median(added["jevons"]["p50"]), statistics.median(added["jevons"]["p99"])
-    meter.flush()
-    if drain_clock is not None:
-        built = meter.stats()["events"] - warm_events
+    if background:
         print(f"jevons background thread (builds each event, commits it): "
-              f"{drain_clock.per_event_us(built):.1f} us CPU per call, off the caller's thread")
+              f"{statistics.median(background):.1f} us CPU per call, off the caller's thread"
+              + (f"; lends {sum(lends)} (a caller lent the drain the GIL: docs/ledger.md)"
+                 if lends else ""))
+
+    meter = Meter(ledger="memory" if args.ledger == "memory" else None)
+    metered = meter.wrap(make_client(), customer="acme", feature="bench")
+    for _ in range(args.warmup):
+        metered.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    event = meter.events()[-1]
     with paused_drain(meter.store):
         hot50, hot99 = hot_path(meter)
     meter.flush()
@@ -337,6 +420,7 @@ def main() -> int:
     store50, store99 = store_share(meter, event)
     print(f"  store.append of a built event ({type(meter.store).__name__}): "
           f"p50 {store50:.1f} us   p99 {store99:.1f} us")
+    meter.close()
     print(f"goal p50 <= {GOAL_P50:g} us, p99 <= {GOAL_P99:g} us (absolute): "
           f"{'met' if j50 <= GOAL_P50 and j99 <= GOAL_P99 else 'NOT met'}")
     if "lago-agent-sdk" in added:
@@ -354,12 +438,6 @@ def main() -> int:
         verdict = "met" if r50 <= g50 and r99 <= g99 else "NOT met"
         print(f"goal scaled to this machine by lago's figures (p50 <= {scaled50:.0f} us, "
               f"p99 <= {scaled99:.0f} us): {verdict}")
-    stats = meter.stats()
-    store_stats = getattr(meter.store, "stats", dict)()
-    print(f"jevons stats: events {stats['events']}, errors {stats['errors']}"
-          + (f", lends {store_stats['lends']} (a caller lent the drain the GIL: docs/ledger.md)"
-             if "lends" in store_stats else ""))
-    meter.close()
     return 0
 
 
