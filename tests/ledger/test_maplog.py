@@ -90,3 +90,24 @@ def test_captures_are_refused_when_they_cannot_be_deferred(ledger: SQLLedger, tm
     assert store.flush(timeout=30)
     assert built == [3] and ledger.count() == 1
     store.close()
+
+
+def test_captures_roll_over_segments_like_any_line(ledger: SQLLedger, tmp_path: Path) -> None:
+    """``append_capture`` writes its line itself (``MappedLog.append_line`` inlined, but for a
+    new segment): across segment boundaries, and for a line longer than a segment, the log
+    holds every line whole and in order, as after a ``kill -9`` right then, and the store
+    counts the same bytes the log holds."""
+    store = JournaledStore(ledger, tmp_path / "j", rotate_bytes=4096, flush_interval_ms=60_000)
+    events = [make_event(i) for i in range(200)]
+    lines = [f'["C1",{i},"{"x" * (i % 300)}"]'.encode() for i in range(200)]
+    lines[150] = b'["C1","' + b"y" * 10_000 + b'"]'  # longer than a segment
+    for line, event in zip(lines, events, strict=True):
+        assert store.append_capture(line, event, lambda e: e) is True
+    log = store._log
+    assert log is not None and len(log.paths) > 5
+    on_disk = b"".join(read_segment(p.read_bytes()) for p in log.paths)
+    assert on_disk == b"".join(x + b"\n" for x in lines)
+    assert log.written == store._written == len(on_disk)
+    assert store.flush(timeout=30)
+    assert ledger.count() == 200
+    store.close()

@@ -78,6 +78,7 @@ class FieldSnapshot:
             lambda obj, _get=operator.attrgetter(paths[0]): (_get(obj),))
 
     def __call__(self, response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+        # (``log_capture`` inlines the SDK-object case: keep the two alike)
         if type(response) is dict:
             return self.names, tuple([response.get(name) for name in self.names])
         try:
@@ -139,7 +140,17 @@ def log_capture(meter: Meter, call: Call, response: Any) -> bool:
         call.snapshot = None
         return False
     try:
-        snapshot = snapshot_of(response)
+        # ``FieldSnapshot.__call__`` inlined for an SDK object: one Python frame less on every
+        # metered call (with ``append_capture``'s inlined log write, 2-4 us less added latency
+        # in session 8's alternating runs, on the caches the SDK leaves cold)
+        snapshot: Any
+        if type(snapshot_of) is FieldSnapshot and type(response) is not dict:
+            try:
+                snapshot = (snapshot_of.names, snapshot_of.getter(response))
+            except AttributeError:
+                snapshot = None
+        else:
+            snapshot = snapshot_of(response)
         if snapshot is None:
             call.snapshot = None
             return False
