@@ -29,7 +29,8 @@ responses jevons holds for its background thread make those dearer.)
 Goal (issue 3): p50 <= 15 us, p99 <= 50 us added per call, on the issue's machine, where
 lago-agent-sdk added 76 us (p50) and 108 us (p99). Machines differ several-fold in how fast
 they run this cold, cache-missing code (on the 2-core VM here lago adds 200-250 us), so the
-verdict is also given against the goal scaled by lago's figure measured in the same run:
+verdict is also given against the goal scaled by lago's figure measured in the same run (in
+its own process):
 jevons / lago <= 15/76 = 0.20 at p50 and <= 50/108 = 0.46 at p99.
 
     .venv/bin/python bench/bench_capture.py [--calls 4000] [--repeats 5] [--ledger memory|default]
