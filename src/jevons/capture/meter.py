@@ -535,12 +535,14 @@ class Meter:
         *,
         extractor: str | None = None,
         enforce: bool = True,
+        region: str | None = None,
     ) -> Call | None:
         """Start a call: remove ``jevons*`` kwargs from ``kwargs``, resolve attribution, take a
         run step (budget check), run the guards. Raises only ``JevonsEnforcement``. Returns
         ``None`` if jevons itself failed (the adapter then calls the provider unmetered).
         ``enforce=False``: no guards and no budget check (the step is still taken), for an
-        integration that cannot stop the call (LiteLLM swallows a callback's exception)."""
+        integration that cannot stop the call (LiteLLM swallows a callback's exception).
+        ``region``: the region the client calls, when prices depend on it."""
         try:
             per_call = None if kwargs is None else _attr.pop_call_attribution(kwargs, self._error)
             attribution = self.attribution_of(client_attribution)
@@ -552,7 +554,8 @@ class Meter:
             if self.guards and enforce:
                 self._run_guards(attribution, provider, model_name)
             step = run.next_step(check_budget=enforce) if run is not None else None
-            return Call(self, provider, api, model_name, attribution, run, step, extractor or provider)
+            return Call(self, provider, api, model_name, attribution, run, step, extractor or provider,
+                        region)
         except JevonsEnforcement:
             with self._lock:
                 self._counts["blocked"] += 1

@@ -462,11 +462,10 @@ def instrument(
                 return None, False, False
             call.snapshot = snapshot
             return call, False, True
-        started = begin(prov, api, model, attribution, kwargs, extractor=extractor)
+        started = begin(prov, api, model, attribution, kwargs, extractor=extractor, region=region)
         if started is None:
             return None, False, False
         started.snapshot = snapshot
-        started.region = region
         return started, _prepare(started, kwargs), False
 
     # The pre- and post-call work is shared by the sync and async wrappers.

@@ -402,7 +402,7 @@ def _async_reading(fn: Callable[..., Any], read_body: bool) -> Callable[..., Any
         try:
             result = await fn(*args, **kwargs)
             body = result.get("body") if isinstance(result, dict) else None
-            if read_body and body is not None and _buffered_bytes(body) is None:
+            if read_body and body is not None and _buffered(body) is None:
                 result["body"] = _async_body(body, await body.read(), _model_id(kwargs))
         except Exception as exc:
             _record_http_error(exc)
