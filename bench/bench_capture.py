@@ -328,7 +328,9 @@ def in_child(wrapped: list[str], args: argparse.Namespace, seed: int) -> dict[st
     cmd = [sys.executable, __file__, "--child", ",".join(wrapped), "--calls", str(args.calls),
            "--warmup", str(args.warmup), "--seed", str(seed), "--ledger", args.ledger,
            *(["--no-floor"] if args.no_floor else [])]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {'+'.join(wrapped)} process failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -372,6 +374,7 @@ def main() -> int:
     base: dict[str, list[float]] = {"p50": [], "p99": []}
     background: list[float] = []
     lends: list[int] = []
+    errors = 0
     first: dict[str, Any] = {}
     for repeat in range(args.repeats):
         # each group in a fresh process, in alternating order: drift in the machine's speed
@@ -389,6 +392,7 @@ def main() -> int:
                 background.append(out["background_us"])
             if out.get("lends") is not None:
                 lends.append(out["lends"])
+            errors += out.get("errors", 0)
 
     layout = ("jevons and lago-agent-sdk in one process" if args.together or not lago_ok
               else "jevons and lago-agent-sdk each in its own process")
@@ -422,6 +426,7 @@ def main() -> int:
     print(f"  store.append of a built event ({type(meter.store).__name__}): "
           f"p50 {store50:.1f} us   p99 {store99:.1f} us")
     meter.close()
+    print(f"jevons errors (instrumentation failures counted by the meters): {errors}")
     print(f"goal p50 <= {GOAL_P50:g} us, p99 <= {GOAL_P99:g} us (absolute): "
           f"{'met' if j50 <= GOAL_P50 and j99 <= GOAL_P99 else 'NOT met'}")
     if "lago-agent-sdk" in added:
