@@ -93,10 +93,9 @@ def test_captures_are_refused_when_they_cannot_be_deferred(ledger: SQLLedger, tm
 
 
 def test_captures_roll_over_segments_like_any_line(ledger: SQLLedger, tmp_path: Path) -> None:
-    """``append_capture`` writes its line itself (``MappedLog.append_line`` inlined, but for a
-    new segment): across segment boundaries, and for a line longer than a segment, the log
-    holds every line whole and in order, as after a ``kill -9`` right then, and the store
-    counts the same bytes the log holds."""
+    """Across segment boundaries, and for a line longer than a segment, the log holds every
+    capture line whole and in order, as after a ``kill -9`` right then, and the store counts
+    the same bytes the log holds."""
     store = JournaledStore(ledger, tmp_path / "j", rotate_bytes=4096, flush_interval_ms=60_000)
     events = [make_event(i) for i in range(200)]
     lines = [f'["C1",{i},"{"x" * (i % 300)}"]'.encode() for i in range(200)]

@@ -370,24 +370,7 @@ class JournaledStore:
                     self._kept_bytes + self._carry_bytes > self._row_cap_bytes):
                 return False
             log = self._log
-            if log is None:
-                size = len(line) + 1
-            else:
-                # ``MappedLog.append_line`` inlined but for a new segment (which it opens): one
-                # Python frame less on every metered call (see ``record.log_capture``)
-                n = len(line)
-                seg = log._segments[-1]
-                p = seg.pos
-                end = p + n
-                if end >= seg.size:
-                    size = log.append_line(line)
-                else:
-                    mm = seg.mm
-                    mm[p:end] = line
-                    mm[end] = 10  # the newline after the line: a line with it is whole
-                    seg.pos = end + 1
-                    log.written += n + 1
-                    size = n + 1
+            size = len(line) + 1 if log is None else log.append_line(line)
             self._written += size
             self._kept_bytes += size
             self._rows.append((_PENDING, line, item, complete))

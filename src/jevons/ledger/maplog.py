@@ -107,8 +107,7 @@ class MappedLog:
         return segment
 
     def append_line(self, line: bytes) -> int:
-        """Store ``line`` and its newline; returns the bytes taken (``len(line) + 1``).
-        (``JournaledStore.append_capture`` inlines it but for a new segment: keep the two alike.)"""
+        """Store ``line`` and its newline; returns the bytes taken (``len(line) + 1``)."""
         n = len(line)
         seg = self._segments[-1]
         p = seg.pos
