@@ -78,7 +78,6 @@ class FieldSnapshot:
             lambda obj, _get=operator.attrgetter(paths[0]): (_get(obj),))
 
     def __call__(self, response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
-        # (``log_capture`` inlines the SDK-object case: keep the two alike)
         if type(response) is dict:
             return self.names, tuple([response.get(name) for name in self.names])
         try:
@@ -140,18 +139,7 @@ def log_capture(meter: Meter, call: Call, response: Any) -> bool:
         call.snapshot = None
         return False
     try:
-        # ``FieldSnapshot.__call__`` inlined for an SDK object: one Python frame less on every
-        # metered call (with ``append_capture``'s inlined log write: less added latency in each
-        # of six alternating pairs of runs in session 8, median 2.6 us, on the caches the SDK
-        # leaves cold)
-        snapshot: Any
-        if type(snapshot_of) is FieldSnapshot and type(response) is not dict:
-            try:
-                snapshot = (snapshot_of.names, snapshot_of.getter(response))
-            except AttributeError:
-                snapshot = None
-        else:
-            snapshot = snapshot_of(response)
+        snapshot = snapshot_of(response)
         if snapshot is None:
             call.snapshot = None
             return False
