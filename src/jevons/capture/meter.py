@@ -96,6 +96,10 @@ Sink = Callable[[Event], Any]
 Guard = Callable[[str | None, str, str, Attribution], Any]
 ErrorHook = Callable[[BaseException, str], Any]
 
+#: what the lean path of ``adapters.instrument`` hands over instead of a ``Call``: provider,
+#: api, requested model, attribution, extractor, region
+CallFields = tuple[str, str | None, str, Attribution, str, str | None]
+
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", default=None)
 """The call whose provider request is in flight (HTTP attempt hooks read it)."""
 
@@ -583,11 +587,17 @@ class Meter:
                 self._error(exc, "guard")
 
     # ================================================================== building events
-    def _complete_capture(self, item: tuple[Call, Any, str, int, int]) -> Event:
+    def _complete_capture(self, item: tuple[Call | CallFields, Any, str, int, int]) -> Event:
         """A deferred capture's event (called by the store's background thread), read from
         the live response, or from its snapshot when that is a dict in the provider's JSON
-        shape (``record.log_capture``)."""
-        call, response, prefix, n, ts = item
+        shape (``record.defer``). The lean path made no ``Call``: it is made here, off the
+        caller's thread, from the fields it handed over."""
+        owner, response, prefix, n, ts = item
+        if isinstance(owner, Call):
+            call = owner
+        else:
+            provider, api, model, attribution, extractor, region = owner
+            call = Call(self, provider, api, model, attribution, None, None, extractor, region)
         event_id = _record.capture_id(prefix, n)
         extracted = extract_or_review(call.extractor, call.api, response, call.model, self._error)
         status, error = outcome(extracted, "ok", None)

@@ -43,11 +43,12 @@ from jevons.ledger.base import CAPTURE_PREFIX
 from jevons.ledger.codec import from_micros
 
 if TYPE_CHECKING:
+    from jevons.capture.attribution import Attribution
     from jevons.capture.meter import Call, Meter
     from jevons.prices.book import PriceBook
 
-__all__ = ["IDS", "TAG", "FieldSnapshot", "Ids", "capture_id", "capture_reader", "from_micros", "log_capture",
-           "read_capture"]
+__all__ = ["IDS", "TAG", "FieldSnapshot", "Ids", "capture_id", "capture_reader", "defer", "from_micros",
+           "log_capture", "read_capture"]
 
 TAG = "C1"
 assert b'["' + TAG.encode() + b'",' == CAPTURE_PREFIX  # the ledger tells capture lines by it
@@ -120,50 +121,61 @@ def capture_id(prefix: str, counter: int) -> str:
 
 
 def log_capture(meter: Meter, call: Call, response: Any) -> bool:
-    """Make a finished call durable and leave the rest for later: on the caller's thread only
-    the adapter's snapshot of the response (a few fields) and the call's identity are encoded,
-    by msgspec in C, as the line of the module docstring (fields in that order; no newline can
-    occur in it) and written to the append log; extraction, pricing, the ``Event``, its row
-    and the sinks run in the ledger's background thread (``Meter._complete_capture``), in
-    order. The line is enough to rebuild the event if the process dies first
-    (``read_capture``). One function on purpose: it is every ordinary call's hot path, run on
-    the CPU caches the SDK left cold, where each Python frame costs about a microsecond.
-    The one rule of what is deferred. False, and ``call.snapshot`` cleared so that nothing
-    tries again: not deferred (a call without a snapshot, a meter without a capturing store,
-    a guard or a run that must see the cost before the next call, the SDK retried, the store
-    is catching up after an outage, or the snapshot does not know the response); the caller
-    then records the call at once."""
+    """Make a finished call durable and leave the rest for later (``defer``). The one rule of
+    what is deferred. False, and ``call.snapshot`` cleared so that nothing tries again: not
+    deferred (a call without a snapshot, a meter without a capturing store, a guard or a run
+    that must see the cost before the next call, the SDK retried, the store is catching up
+    after an outage, or the snapshot does not know the response); the caller then records the
+    call at once. (``adapters.instrument``'s lean path applies the same rule itself, without a
+    ``Call``.)"""
     snapshot_of = call.snapshot
     if (snapshot_of is None or not meter._deferred or meter.guards or call.run is not None
             or len(call.http_attempts) > 1):  # retries: one event per attempt, now
         call.snapshot = None
         return False
+    call.done = True
+    a = call.attribution
+    if defer(meter, snapshot_of, response, call.provider, call.api, call.extractor, call.model, a,
+             call.attempt_no or 1, call.region, call):
+        return True
+    call.done = False
+    call.snapshot = None
+    return False
+
+
+def defer(meter: Meter, snapshot_of: Callable[[Any], Any], response: Any, provider: str,
+          api: str | None, extractor: str, model: str, attribution: Attribution, attempt: int,
+          region: str | None, call: Call | None) -> bool:
+    """Write the line of a finished call to the append log and hand the rest to the ledger's
+    background thread: on the caller's thread only the adapter's snapshot of the response (a
+    few fields) and the call's identity are encoded, by msgspec in C, as the line of the module
+    docstring (fields in that order; no newline can occur in it). Extraction, pricing, the
+    ``Event``, its row and the sinks run in the background thread
+    (``Meter._complete_capture``), in order, for ``call`` or, when ``None`` (the lean path, which
+    makes no ``Call``), for one it makes there from these fields. The line is enough to
+    rebuild the event if the process dies first (``read_capture``). Why so little here: it is
+    every ordinary call's hot path, run on the CPU caches the SDK left cold, where each Python
+    frame costs about a microsecond. False: not taken (the snapshot does not know the
+    response, the store declined, or failed: counted); record the call at once."""
     try:
         snapshot = snapshot_of(response)
         if snapshot is None:
-            call.snapshot = None
             return False
         # the event id is formatted later (``capture_id``): only its parts here
         ids = IDS
         prefix = ids.prefix
         n = next(ids.counter)
         ts = time_ns() // 1000
-        a = call.attribution
-        line = _encoder.encode((TAG, prefix, n, ts, call.provider, call.api, call.extractor, call.model,
-                                a.customer, a.feature, a.tags or None, call.attempt_no or 1, call.region,
-                                snapshot))
-        call.done = True
+        line = _encoder.encode((TAG, prefix, n, ts, provider, api, extractor, model, attribution.customer,
+                                attribution.feature, attribution.tags or None, attempt, region, snapshot))
         # a snapshot in the provider's JSON shape is what the extractor reads after a crash:
         # the background thread reads it too (no second parse, the response not kept alive)
-        if meter.store.append_capture(  # type: ignore[attr-defined]
-                line, (call, snapshot if type(snapshot) is dict else response, prefix, n, ts),
-                meter._complete_capture):
-            return True
-        call.done = False
+        owner = call if call is not None else (provider, api, model, attribution, extractor, region)
+        return bool(meter.store.append_capture(  # type: ignore[attr-defined]
+            line, (owner, snapshot if type(snapshot) is dict else response, prefix, n, ts),
+            meter._complete_capture))
     except Exception as exc:
-        call.done = False
         meter._error(exc, "store")
-    call.snapshot = None
     return False
 
 

@@ -89,7 +89,7 @@ from jevons.capture.attribution import _CALL_KWARG_NAMES, _CONTEXT, EMPTY, Attri
 from jevons.capture.build import review_extracted, review_usage
 from jevons.capture.extract import Extracted, UnknownShape
 from jevons.capture.meter import CURRENT_CALL, Call, http_status
-from jevons.capture.record import FieldSnapshot, log_capture
+from jevons.capture.record import FieldSnapshot, defer, log_capture
 from jevons.capture.run import _RUN
 from jevons.usage import Usage
 
@@ -236,25 +236,71 @@ def install_attempt_hooks(http_client: Any) -> bool:
     return True
 
 
-def _on_retry(response: Any) -> Call | None:
-    """The SDK will retry the call in flight once it has waited: its last attempt failed with
-    ``response`` (``None``: no response, a timeout or connection error). Returns the call, for
-    ``_retrying`` once the wait is over."""
-    call = _current_call()
-    if call is not None:
-        status = None if response is None else response.status_code
-        attempts = call.http_attempts
-        if attempts:
+# A metered call on the lean path (``instrument``) sets no ``CURRENT_CALL``: the retry hook
+# then pushes what it sees onto ``_RETRIES``, a chain of ``(previous, failed, status, depth)``
+# nodes in the caller's context, and the call compares the chain before and after the provider
+# returned (a context variable read, no allocation: a call that is not retried pays nothing
+# more). ``failed``: the attempt failed with ``status`` and is retried; else the next attempt
+# is sent. A retry of an unmetered request made through the wrapped client (``files.create``)
+# pushes too; no call reads it, and the chain starts over past ``_RETRY_CHAIN_MAX`` nodes.
+_RetryNode = tuple[Any, bool, "int | None", int]
+_RETRIES: ContextVar[_RetryNode | None] = ContextVar("jevons_retries", default=None)
+_retries_seen = _RETRIES.get
+_RETRY_CHAIN_MAX = 256
+#: ``_on_retry``'s answer on the lean path (no call in flight, a node pushed)
+_LEAN = object()
+
+
+def _push_retry(failed: bool, status: int | None) -> None:
+    last = _RETRIES.get()
+    depth = 0 if last is None else last[3] + 1
+    _RETRIES.set((last if depth < _RETRY_CHAIN_MAX else None, failed, status,
+                  depth if depth < _RETRY_CHAIN_MAX else 0))
+
+
+def attempts_since(mark: _RetryNode | None) -> list[int | None]:
+    """The HTTP attempts (status of each, ``None``: no response or not known) that the retry
+    hook saw since ``mark`` (``_RETRIES`` before the lean call), as ``Call.http_attempts``
+    would hold them; ``[]`` when it saw none."""
+    nodes = []
+    node = _RETRIES.get()
+    while node is not None and node is not mark:
+        nodes.append(node)
+        node = node[0]
+    attempts: list[int | None] = []
+    for _previous, failed, status, _depth in reversed(nodes):
+        if not failed:
+            attempts.append(None)
+        elif attempts:
             attempts[-1] = status
         else:
             attempts.append(status)
+    return attempts
+
+
+def _on_retry(response: Any) -> Any:
+    """The SDK will retry the call in flight once it has waited: its last attempt failed with
+    ``response`` (``None``: no response, a timeout or connection error). Returns the call (or
+    ``_LEAN``), for ``_retrying`` once the wait is over."""
+    status = None if response is None else response.status_code
+    call = _current_call()
+    if call is None:
+        _push_retry(True, status)
+        return _LEAN
+    attempts = call.http_attempts
+    if attempts:
+        attempts[-1] = status
+    else:
+        attempts.append(status)
     return call
 
 
-def _retrying(call: Call | None) -> None:
+def _retrying(call: Any) -> None:
     """The SDK waited and now sends the next attempt (an entry whose outcome ends the call).
     Not before the wait: a call cancelled or interrupted while waiting made no such attempt."""
-    if call is not None:
+    if call is _LEAN:
+        _push_retry(False, None)
+    elif call is not None:
         call.http_attempts.append(None)
 
 
@@ -306,11 +352,14 @@ def install_retry_hook(sdk_client: Any) -> bool:
     return True
 
 
-def watch_retries(sdk_client: Any) -> None:
+def watch_retries(sdk_client: Any) -> bool:
     """See every attempt of a Stainless SDK client's calls: its retry method hooked where it
-    can be (``install_retry_hook``), else httpx event hooks on its HTTP client."""
-    if not install_retry_hook(sdk_client):
-        install_attempt_hooks(getattr(sdk_client, "_client", None))
+    can be (``install_retry_hook``), else httpx event hooks on its HTTP client. True: the
+    retry hook sees them, nothing else (pass ``retries_hooked=True`` to ``instrument``)."""
+    if install_retry_hook(sdk_client):
+        return True
+    install_attempt_hooks(getattr(sdk_client, "_client", None))
+    return False
 
 
 def record_attempts(attempt: Callable[..., Any]) -> Callable[..., Any]:
@@ -409,10 +458,13 @@ def instrument(
     provider: str | None = None,
     *,
     is_async: bool | None = None,
+    retries_hooked: bool = False,
 ) -> Callable[..., Any]:
     """The metered version of ``fn``. ``is_async``: whether ``fn`` returns an awaitable; by
     default detected (``inspect.iscoroutinefunction`` on ``fn`` and what it wraps). Pass it
-    explicitly when the SDK decorates its async methods with plain functions."""
+    explicitly when the SDK decorates its async methods with plain functions.
+    ``retries_hooked``: the client's HTTP attempts are seen by the retry hook alone
+    (``watch_retries`` returned True), which lets ordinary calls take the lean path."""
     prov = provider or spec.provider
     api = spec.api
     extractor = spec.extractor or prov
@@ -542,7 +594,109 @@ def instrument(
             return result
         return _after(call, result, streaming)
 
-    return metered
+    if not (direct and retries_hooked) or snapshot is None:
+        return metered
+    general = metered
+
+    # The lean path: the direct path's call, with no ``Call`` and no ``CURRENT_CALL`` while
+    # the provider runs, on a client whose attempts only the retry hook sees (it then pushes
+    # onto ``_RETRIES``, see there). The response goes to ``record.defer`` from here; the
+    # ``Call`` is made only when one is needed: by the drain thread for the event, or here when
+    # the provider raised, the SDK retried or the response is not deferred. Why: an ordinary
+    # call's whole added latency is this function, run on the CPU caches the SDK left cold;
+    # measured with callgrind it runs 37,700 instructions on the general path against 23,700
+    # for the least a wrapper can do (``bench/bench_capture.py``'s python-floor).
+    snapshot_of: Callable[[Any], Any] = snapshot
+
+    def _lean_call(model: str, mark: _RetryNode | None) -> Call:
+        """The ``Call`` the lean path did not make, with the attempts the retry hook saw."""
+        call = Call(meter, prov, api, model, attribution_of(attribution), None, None, extractor, region)
+        call.http_attempts = attempts_since(mark)
+        _RETRIES.set(mark)
+        return call
+
+    def _lean_after(model: str, mark: _RetryNode | None, result: Any) -> Any:
+        try:
+            call = _lean_call(model, mark)
+        except Exception as exc:
+            meter._error(exc, "adapter")
+            return result
+        call.snapshot = snapshot_of
+        if log_capture(meter, call, result):
+            return result
+        return _after(call, result, False)
+
+    def _lean_failed(model: str, mark: _RetryNode | None, exc: BaseException) -> None:
+        try:
+            call = _lean_call(model, mark)
+        except Exception as error:
+            meter._error(error, "adapter")
+            return
+        call.fail(exc)
+
+    def _lean(kwargs: dict[str, Any]) -> str | None:
+        """The requested model when the call takes the lean path (the direct path's test)."""
+        model = kwargs.get(model_kw)
+        if model_prefix is not None and type(model) is str:
+            model = model.removeprefix(model_prefix)
+        if (type(model) is str and not meter.guards and no_call_kwargs(kwargs)
+                and kwargs.get("stream") is not True and run_of() is None and meter._deferred):
+            return model
+        return None
+
+    if is_async:
+
+        @functools.wraps(fn)
+        async def alean(*args: Any, **kwargs: Any) -> Any:
+            model = _lean(kwargs) if _deferred_bundle() is None else None
+            if model is None:
+                return await general(*args, **kwargs)
+            mark = _retries_seen()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                _lean_failed(model, mark, exc)
+                raise
+            if _retries_seen() is mark:
+                try:
+                    who = attribution if context_of() is EMPTY and meter.default is EMPTY \
+                        else attribution_of(attribution)
+                except Exception as exc:
+                    meter._error(exc, "adapter")
+                    return result
+                if defer(meter, snapshot_of, result, prov, api, extractor, model, who, 1, region, None):
+                    return result
+            return _lean_after(model, mark, result)
+
+        return alean
+
+    @functools.wraps(fn)
+    def lean(*args: Any, **kwargs: Any) -> Any:
+        model = kwargs.get(model_kw)
+        if (model_prefix is not None or type(model) is not str or meter.guards
+                or not no_call_kwargs(kwargs) or kwargs.get("stream") is True
+                or run_of() is not None or not meter._deferred):
+            model = _lean(kwargs)  # (the test in full, for a prefix or a call that fails it)
+            if model is None:
+                return general(*args, **kwargs)
+        mark = _retries_seen()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            _lean_failed(model, mark, exc)
+            raise
+        if _retries_seen() is mark:
+            try:
+                who = attribution if context_of() is EMPTY and meter.default is EMPTY \
+                    else attribution_of(attribution)
+            except Exception as exc:
+                meter._error(exc, "adapter")
+                return result
+            if defer(meter, snapshot_of, result, prov, api, extractor, model, who, 1, region, None):
+                return result
+        return _lean_after(model, mark, result)
+
+    return lean
 
 
 #: the per-call attribution (``jevons=`` bundle) of a request coroutine an SDK helper created

@@ -367,7 +367,7 @@ class AnthropicAdapter:
         prov = provider or self.provider
         call_spec, deferred_spec = _specs(prov, self.extractor, self.region(client))
         new = fresh_copy(client)
-        watch_retries(new)
+        retries_hooked = watch_retries(new)
         w: Any = new
         resources = [getattr(w, "messages", None), getattr(getattr(w, "beta", None), "messages", None)]
         for resource in resources:
@@ -376,7 +376,8 @@ class AnthropicAdapter:
             for name in ("create", "parse"):
                 original = getattr(resource, name, None)
                 if callable(original):
-                    patch_method(resource, name, instrument(meter, original, call_spec, attribution, prov))
+                    patch_method(resource, name, instrument(meter, original, call_spec, attribution, prov,
+                                                            retries_hooked=retries_hooked))
             original_stream = getattr(resource, "stream", None)
             if callable(original_stream):
                 patch_method(resource, "stream", _metered_stream_helper(

@@ -488,14 +488,14 @@ class OpenAIAdapter:
 
         is_async = isinstance(client, openai.AsyncOpenAI)
         new = fresh_copy(client)
-        watch_retries(new)
+        retries_hooked = watch_retries(new)
 
         def metered(resource: Any, name: str, spec: MethodSpec) -> Callable[..., Any] | None:
             original = getattr(resource, name, None)
             if original is None:
                 return None
             fn = instrument(meter, original, replace(spec, provider=prov, extractor=extractor),
-                            attribution, prov, is_async=is_async)
+                            attribution, prov, is_async=is_async, retries_hooked=retries_hooked)
             patch_method(resource, name, fn)
             return fn
 
