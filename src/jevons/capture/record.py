@@ -156,8 +156,11 @@ def defer(meter: Meter, snapshot_of: Callable[[Any], Any], response: Any, provid
     rebuild the event if the process dies first (``read_capture``). Why so little here: it is
     every ordinary call's hot path, run on the CPU caches the SDK left cold, where each Python
     frame costs about a microsecond. False: not taken (the snapshot does not know the
-    response, the store declined, or failed: counted); record the call at once."""
+    response, the store declined, or failed: counted); record the call at once. With no
+    ``call``, ``attribution`` is the wrapped client's, resolved here (``Meter.attribution_of``)."""
     try:
+        if call is None:
+            attribution = meter.attribution_of(attribution)
         snapshot = snapshot_of(response)
         if snapshot is None:
             return False

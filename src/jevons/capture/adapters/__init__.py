@@ -42,7 +42,8 @@ that wrap their async methods in plain decorators need it explicitly: the OpenAI
    (``install_attempt_hooks(http_client)``, httpx/httpx2 event hooks; on Stainless SDKs
    ``watch_retries(sdk_client)``, the cheaper retry hook where it applies) count each attempt
    of the SDK's own retries: every attempt before the last becomes an ``error`` event with its
-   attempt number;
+   attempt number (on the lean path, ``retries_hooked=True``, no ``Call`` is made while the
+   provider runs: the retry hook keeps what it sees in ``_RETRIES`` instead, see there);
 4. on an exception: ``call.fail(exc)`` and re-raise it unchanged; on a stream:
    ``spec.stream(call, result)`` returns the instrumented stream; otherwise
    ``spec.on_result(call, result)`` (default ``call.finish(result)``, which runs the
@@ -657,15 +658,9 @@ def instrument(
             except BaseException as exc:
                 _lean_failed(model, mark, exc)
                 raise
-            if _retries_seen() is mark:
-                try:
-                    who = attribution if context_of() is EMPTY and meter.default is EMPTY \
-                        else attribution_of(attribution)
-                except Exception as exc:
-                    meter._error(exc, "adapter")
-                    return result
-                if defer(meter, snapshot_of, result, prov, api, extractor, model, who, 1, region, None):
-                    return result
+            if _retries_seen() is mark and defer(meter, snapshot_of, result, prov, api, extractor, model,
+                                                 attribution, 1, region, None):
+                return result
             return _lean_after(model, mark, result)
 
         return alean
@@ -685,15 +680,9 @@ def instrument(
         except BaseException as exc:
             _lean_failed(model, mark, exc)
             raise
-        if _retries_seen() is mark:
-            try:
-                who = attribution if context_of() is EMPTY and meter.default is EMPTY \
-                    else attribution_of(attribution)
-            except Exception as exc:
-                meter._error(exc, "adapter")
-                return result
-            if defer(meter, snapshot_of, result, prov, api, extractor, model, who, 1, region, None):
-                return result
+        if _retries_seen() is mark and defer(meter, snapshot_of, result, prov, api, extractor, model,
+                                             attribution, 1, region, None):
+            return result
         return _lean_after(model, mark, result)
 
     return lean
