@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from jevons.capture.attribution import _CONTEXT, EMPTY
 from jevons.capture.build import extract_or_review, make_event, outcome
 from jevons.events import Event
 from jevons.ledger.base import CAPTURE_PREFIX
@@ -159,8 +160,8 @@ def defer(meter: Meter, snapshot_of: Callable[[Any], Any], response: Any, provid
     response, the store declined, or failed: counted); record the call at once. With no
     ``call``, ``attribution`` is the wrapped client's, resolved here (``Meter.attribution_of``)."""
     try:
-        if call is None:
-            attribution = meter.attribution_of(attribution)
+        if call is None and (_CONTEXT.get() is not EMPTY or meter.default is not EMPTY):
+            attribution = meter.attribution_of(attribution)  # (else: nothing to merge, no frame)
         snapshot = snapshot_of(response)
         if snapshot is None:
             return False
