@@ -478,3 +478,25 @@ def test_the_drain_thread_never_waits_for_itself(tmp_path: Path) -> None:
         assert store.ledger.count() == 10
     finally:
         store.close()
+
+
+def test_a_failed_lend_still_reports_the_written_capture_taken(tmp_path: Path) -> None:
+    """The lend runs after the line is written: if it failed and ``append_capture`` said
+    False, the caller would record the call again (counted twice)."""
+    store = _store(sqlite_ledger(tmp_path / "l.db"), tmp_path, lend_bytes=1)
+    store._lend_every_s = 0.0
+
+    def broken_wait(target: int, timeout: float | None) -> bool:
+        raise RuntimeError("lend failed")
+
+    store._wait_drained = broken_wait  # type: ignore[method-assign]
+    try:
+        for i in range(3):
+            event = make_event(i)
+            assert store.append_capture(encode_event(event), event, lambda e: e)
+        assert store.stats()["lends"] == 3
+        del store._wait_drained  # the instance's own again, for flush
+        assert store.flush(timeout=30)
+        assert store.ledger.count() == 3
+    finally:
+        store.close()

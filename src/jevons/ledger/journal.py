@@ -402,7 +402,10 @@ class JournaledStore:
         self._next_lend = now + self._lend_every_s
         with self._lock:
             self._stats["lends"] += 1
-        self._wait_drained(target, self._lend_wait_s)
+        try:
+            self._wait_drained(target, self._lend_wait_s)
+        except Exception as exc:  # the line is written: the caller must not record it again
+            log.warning("jevons ledger: lending the drain the GIL failed: %r", exc)
 
     def settle(self, timeout: float | None = 30.0) -> bool:
         """Wait until every capture handed over so far has its event built (and the sinks
