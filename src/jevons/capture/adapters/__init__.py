@@ -244,7 +244,7 @@ def install_attempt_hooks(http_client: Any) -> bool:
 # more). ``failed``: the attempt failed with ``status`` and is retried; else the next attempt
 # is sent. A retry of an unmetered request made through the wrapped client (``files.create``)
 # pushes too; no call reads it, and the chain starts over past ``_RETRY_CHAIN_MAX`` nodes.
-_RetryNode = tuple[Any, bool, "int | None", int]
+_RetryNode = tuple[Any, bool, int | None, int]
 _RETRIES: ContextVar[_RetryNode | None] = ContextVar("jevons_retries", default=None)
 _retries_seen = _RETRIES.get
 _RETRY_CHAIN_MAX = 256
@@ -609,18 +609,22 @@ def instrument(
     # for the least a wrapper can do (``bench/bench_capture.py``'s python-floor).
     snapshot_of: Callable[[Any], Any] = snapshot
 
-    def _lean_call(model: str, mark: _RetryNode | None) -> Call:
-        """The ``Call`` the lean path did not make, with the attempts the retry hook saw."""
-        call = Call(meter, prov, api, model, attribution_of(attribution), None, None, extractor, region)
-        call.http_attempts = attempts_since(mark)
-        _RETRIES.set(mark)
+    def _lean_call(model: str, mark: _RetryNode | None) -> Call | None:
+        """The ``Call`` the lean path did not make, with the attempts the retry hook saw
+        (``None``: jevons failed, counted)."""
+        try:
+            call = Call(meter, prov, api, model, attribution_of(attribution), None, None, extractor, region)
+            call.http_attempts = attempts_since(mark)
+            _RETRIES.set(mark)
+        except Exception as exc:
+            meter._error(exc, "adapter")
+            return None
         return call
 
     def _lean_after(model: str, mark: _RetryNode | None, result: Any) -> Any:
-        try:
-            call = _lean_call(model, mark)
-        except Exception as exc:
-            meter._error(exc, "adapter")
+        """The response of a lean call that ``defer`` did not take: recorded by its ``Call``."""
+        call = _lean_call(model, mark)
+        if call is None:
             return result
         call.snapshot = snapshot_of
         if log_capture(meter, call, result):
@@ -628,12 +632,9 @@ def instrument(
         return _after(call, result, False)
 
     def _lean_failed(model: str, mark: _RetryNode | None, exc: BaseException) -> None:
-        try:
-            call = _lean_call(model, mark)
-        except Exception as error:
-            meter._error(error, "adapter")
-            return
-        call.fail(exc)
+        call = _lean_call(model, mark)
+        if call is not None:
+            call.fail(exc)
 
     def _lean(kwargs: dict[str, Any]) -> str | None:
         """The requested model when the call takes the lean path (the direct path's test)."""
@@ -667,13 +668,9 @@ def instrument(
 
     @functools.wraps(fn)
     def lean(*args: Any, **kwargs: Any) -> Any:
-        model = kwargs.get(model_kw)
-        if (model_prefix is not None or type(model) is not str or meter.guards
-                or not no_call_kwargs(kwargs) or kwargs.get("stream") is True
-                or run_of() is not None or not meter._deferred):
-            model = _lean(kwargs)  # (the test in full, for a prefix or a call that fails it)
-            if model is None:
-                return general(*args, **kwargs)
+        model = _lean(kwargs)
+        if model is None:
+            return general(*args, **kwargs)
         mark = _retries_seen()
         try:
             result = fn(*args, **kwargs)
