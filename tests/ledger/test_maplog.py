@@ -15,7 +15,9 @@ def test_lines_roll_over_segments_and_read_back_whole(tmp_path: Path) -> None:
     log = MappedLog(tmp_path, segment_bytes=4096)
     lines = [f'["line",{i},"{"x" * (i % 300)}"]'.encode() for i in range(300)]
     for line in lines:
-        assert log.append_line(line) == len(line) + 1
+        before = log.written
+        log.append_line(line)
+        assert log.written == before + len(line) + 1
     assert len(log.paths) > 3  # several segments
     assert log.read(0, log.written) == b"".join(x + b"\n" for x in lines)
     # a range in the middle, across a segment boundary
@@ -83,13 +85,27 @@ def test_captures_are_refused_when_they_cannot_be_deferred(ledger: SQLLedger, tm
     assert sync.append_capture(b'["C1"]', 1, complete) is False  # sync: built by the caller
     sync.close()
     store = JournaledStore(ledger, tmp_path / "j2", flush_interval_ms=60_000)
-    store._spilled = True  # the database is behind: rows are read back from the log
+    with store._lock:
+        store._spilled = True  # the database is behind: rows are read back from the log
+        store._retake()
     assert store.append_capture(b'["C1"]', 2, complete) is False
-    store._spilled = False
-    assert store.append_capture(b'["C1"]', 3, complete) is True  # type: ignore[arg-type]
+    with store._lock:
+        store._spilled = False
+        store._carry_bytes = store._row_cap_bytes + 1  # a failed commit holds more than allowed
+        store._retake()
+    assert store.append_capture(b'["C1"]', 3, complete) is False
+    with store._lock:
+        store._carry_bytes = 0
+        store._retake()
+    store.takes_captures = False
+    assert store.append_capture(b'["C1"]', 4, complete) is False
+    store.takes_captures = True
+    assert store.append_capture(b'["C1"]', 5, complete) is True  # type: ignore[arg-type]
     assert store.flush(timeout=30)
-    assert built == [3] and ledger.count() == 1
+    assert built == [5] and ledger.count() == 1
+    assert store.stats()["appended"] == 1
     store.close()
+    assert store.append_capture(b'["C1"]', 6, complete) is False  # closed
 
 
 def test_captures_roll_over_segments_like_any_line(ledger: SQLLedger, tmp_path: Path) -> None:

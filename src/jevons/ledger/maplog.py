@@ -73,10 +73,15 @@ class MappedLog:
     def __init__(self, directory: Path, segment_bytes: int = 16 << 20) -> None:
         self.directory = directory
         self.segment_bytes = max(segment_bytes, mmap.PAGESIZE)
-        self.written = 0  # cumulative bytes appended
         self._no_populate = False
         self._segments: list[_Segment] = []
-        self._open(self.segment_bytes)
+        self._current = self._open(self.segment_bytes)  # the last of ``_segments``: appended to
+
+    @property
+    def written(self) -> int:
+        """Cumulative bytes appended (the end of the current segment's lines)."""
+        seg = self._segments[-1] if self._segments else None
+        return 0 if seg is None else seg.base + seg.pos
 
     @property
     def paths(self) -> list[Path]:
@@ -104,23 +109,23 @@ class MappedLog:
             raise
         segment = _Segment(path, fd, mm, self.written, size)
         self._segments.append(segment)
+        self._current = segment
         return segment
 
-    def append_line(self, line: bytes) -> int:
-        """Store ``line`` and its newline; returns the bytes taken (``len(line) + 1``)."""
-        n = len(line)
-        seg = self._segments[-1]
+    def append_line(self, line: bytes) -> None:
+        """Store ``line`` and its newline (``len(line) + 1`` bytes). Every metered call runs
+        this on its own thread: kept to the few operations it needs (``written`` is computed
+        when asked, not counted here)."""
+        seg = self._current
         p = seg.pos
-        end = p + n
+        end = p + len(line)
         if end >= seg.size:
-            seg = self._open(max(self.segment_bytes, n + 1))
-            p, end = 0, n
+            seg = self._open(max(self.segment_bytes, len(line) + 1))
+            p, end = 0, len(line)
         mm = seg.mm
         mm[p:end] = line
         mm[end] = _NL  # after the line: a line with its newline is whole
         seg.pos = end + 1
-        self.written += n + 1
-        return n + 1
 
     def append_block(self, block: bytes) -> int:
         """Store ``block`` (whole newline-terminated lines) in one copy."""
@@ -132,7 +137,6 @@ class MappedLog:
             p = 0
         seg.mm[p : p + n] = block
         seg.pos = p + n
-        self.written += n
         return n
 
     def prefault(self, ahead: int = 1 << 18) -> None:
