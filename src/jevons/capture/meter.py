@@ -113,8 +113,8 @@ class Call:
     """One logical provider call in flight: attribution, run step, HTTP attempts seen so far."""
 
     __slots__ = (
-        "api", "attempt_no", "attribution", "done", "extractor", "hidden", "http_attempts", "meter",
-        "model", "provider", "region", "run", "snapshot", "step",
+        "api", "attempt_no", "attribution", "deferrer", "done", "extractor", "hidden", "http_attempts",
+        "meter", "model", "provider", "region", "run", "step",
     )
 
     def __init__(
@@ -137,9 +137,10 @@ class Call:
         self.run = run
         self.step = step
         self.extractor = extractor
-        # the adapter's snapshot of a response (``MethodSpec.snapshot``): lets ``finish`` defer
-        # extraction and pricing to the ledger's background thread (see ``record.log_capture``)
-        self.snapshot: Callable[[Any], Any] | None = None
+        # the metered method's ``record.deferrer`` (it has a ``MethodSpec.snapshot``): lets
+        # ``finish`` defer extraction and pricing to the ledger's background thread (see
+        # ``record.log_capture``)
+        self.deferrer: _record.Deferrer | None = None
         self.http_attempts: list[int | None] = []  # status per HTTP attempt (None: no response)
         self.done = False
         self.region = region  # the region the client calls, when prices depend on it
@@ -590,7 +591,7 @@ class Meter:
     def _complete_capture(self, item: tuple[Call | CallFields, Any, str, int, int]) -> Event:
         """A deferred capture's event (called by the store's background thread), read from
         the live response, or from its snapshot when that is a dict in the provider's JSON
-        shape (``record.defer``). The lean path made no ``Call``: it is made here, off the
+        shape (``record.deferrer``). The lean path made no ``Call``: it is made here, off the
         caller's thread, from the fields it handed over."""
         owner, response, prefix, n, ts = item
         if isinstance(owner, Call):

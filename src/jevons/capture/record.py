@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from jevons.capture.meter import Call, Meter
     from jevons.prices.book import PriceBook
 
-__all__ = ["IDS", "TAG", "FieldSnapshot", "Ids", "capture_id", "capture_reader", "defer", "from_micros",
-           "log_capture", "read_capture"]
+__all__ = ["IDS", "TAG", "Deferrer", "FieldSnapshot", "Ids", "capture_id", "capture_reader", "deferrer",
+           "from_micros", "log_capture", "read_capture"]
 
 TAG = "C1"
 assert b'["' + TAG.encode() + b'",' == CAPTURE_PREFIX  # the ledger tells capture lines by it
@@ -80,6 +80,7 @@ class FieldSnapshot:
             lambda obj, _get=operator.attrgetter(paths[0]): (_get(obj),))
 
     def __call__(self, response: Any) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+        # (``deferrer`` takes an SDK object's snapshot itself, the same way: one frame fewer)
         if type(response) is dict:
             return self.names, tuple([response.get(name) for name in self.names])
         try:
@@ -122,65 +123,100 @@ def capture_id(prefix: str, counter: int) -> str:
 
 
 def log_capture(meter: Meter, call: Call, response: Any) -> bool:
-    """Make a finished call durable and leave the rest for later (``defer``). The one rule of
-    what is deferred. False, and ``call.snapshot`` cleared so that nothing tries again: not
+    """Make a finished call durable and leave the rest for later (``deferrer``). The one rule of
+    what is deferred. False, and ``call.deferrer`` cleared so that nothing tries again: not
     deferred (a call without a snapshot, a meter without a capturing store, a guard or a run
     that must see the cost before the next call, the SDK retried, the store is catching up
     after an outage, or the snapshot does not know the response); the caller then records the
     call at once. (``adapters.instrument``'s lean path applies the same rule itself, without a
     ``Call``.)"""
-    snapshot_of = call.snapshot
-    if (snapshot_of is None or not meter._deferred or meter.guards or call.run is not None
+    defer = call.deferrer
+    if (defer is None or not meter._deferred or meter.guards or call.run is not None
             or len(call.http_attempts) > 1):  # retries: one event per attempt, now
-        call.snapshot = None
+        call.deferrer = None
         return False
     call.done = True
-    a = call.attribution
-    if defer(meter, snapshot_of, response, call.provider, call.api, call.extractor, call.model, a,
-             call.attempt_no or 1, call.region, call):
+    if defer(response, call.model, call.attribution, call.attempt_no or 1, call):
         return True
     call.done = False
-    call.snapshot = None
+    call.deferrer = None
     return False
 
 
-def defer(meter: Meter, snapshot_of: Callable[[Any], Any], response: Any, provider: str,
-          api: str | None, extractor: str, model: str, attribution: Attribution, attempt: int,
-          region: str | None, call: Call | None) -> bool:
-    """Write the line of a finished call to the append log and hand the rest to the ledger's
-    background thread: on the caller's thread only the adapter's snapshot of the response (a
-    few fields) and the call's identity are encoded, by msgspec in C, as the line of the module
-    docstring (fields in that order; no newline can occur in it). Extraction, pricing, the
-    ``Event``, its row and the sinks run in the background thread
-    (``Meter._complete_capture``), in order, for ``call`` or, when ``None`` (the lean path, which
-    makes no ``Call``), for one it makes there from these fields. The line is enough to
-    rebuild the event if the process dies first (``read_capture``). Why so little here: it is
-    every ordinary call's hot path, run on the CPU caches the SDK left cold, where each Python
-    frame costs about a microsecond. False: not taken (the snapshot does not know the
-    response, the store declined, or failed: counted); record the call at once. With no
-    ``call``, ``attribution`` is the wrapped client's, resolved here (``Meter.attribution_of``)."""
-    try:
-        if call is None and (_CONTEXT.get() is not EMPTY or meter.default is not EMPTY):
-            attribution = meter.attribution_of(attribution)  # (else: nothing to merge, no frame)
-        snapshot = snapshot_of(response)
-        if snapshot is None:
-            return False
-        # the event id is formatted later (``capture_id``): only its parts here
-        ids = IDS
-        prefix = ids.prefix
-        n = next(ids.counter)
-        ts = time_ns() // 1000
-        line = _encoder.encode((TAG, prefix, n, ts, provider, api, extractor, model, attribution.customer,
-                                attribution.feature, attribution.tags or None, attempt, region, snapshot))
-        # a snapshot in the provider's JSON shape is what the extractor reads after a crash:
-        # the background thread reads it too (no second parse, the response not kept alive)
-        owner = call if call is not None else (provider, api, model, attribution, extractor, region)
-        return bool(meter.store.append_capture(  # type: ignore[attr-defined]
-            line, (owner, snapshot if type(snapshot) is dict else response, prefix, n, ts),
-            meter._complete_capture))
-    except Exception as exc:
-        meter._error(exc, "store")
+#: ``deferrer``'s function: ``defer(response, model, attribution, attempt, call) -> taken``
+Deferrer = Callable[[Any, str, "Attribution", int, "Call | None"], bool]
+
+
+def _not_taken(line: bytes, item: Any, complete: Callable[[Any], Event]) -> bool:
     return False
+
+
+def deferrer(meter: Meter, snapshot_of: Callable[[Any], Any], provider: str, api: str | None,
+             extractor: str, region: str | None) -> Deferrer:
+    """The function that defers the finished calls of one metered method (a provider's API on
+    one wrapped client: ``provider``, ``api``, ``extractor`` and ``region`` are its, and
+    ``snapshot_of`` its ``MethodSpec.snapshot``), made once when the method is wrapped.
+
+    ``defer(response, model, attribution, attempt, call)`` writes the line of a finished call
+    to the append log and hands the rest to the ledger's background thread: on the caller's
+    thread only the adapter's snapshot of the response (a few fields) and the call's identity
+    are encoded, by msgspec in C, as the line of the module docstring (fields in that order;
+    no newline can occur in it). Extraction, pricing, the ``Event``, its row and the sinks run
+    in the background thread (``Meter._complete_capture``), in order, for ``call`` or, when
+    ``None`` (the lean path, which makes no ``Call``), for one it makes there from these
+    fields; with no ``call``, ``attribution`` is the wrapped client's, resolved here
+    (``Meter.attribution_of``). The line is enough to rebuild the event if the process dies
+    first (``read_capture``). False: not taken (the snapshot does not know the response, the
+    store declined, or failed: counted); record the call at once.
+
+    Why a function made per method: it is every ordinary call's hot path, run on the CPU
+    caches the SDK left cold, where each Python operation counts (measured: the whole of
+    jevons' added latency above the least a wrapper can do, ``bench/bench_capture.py``'s
+    python-floor, went with the number of bytecodes run). What is the same for every call of
+    the method is bound here, once, so a call passes five arguments, and the snapshot of an
+    SDK object by a ``FieldSnapshot`` is taken inline (one frame fewer)."""
+    names: tuple[str, ...] | None = None
+    getter: Callable[[Any], Any] | None = None
+    if type(snapshot_of) is FieldSnapshot:
+        names, getter = snapshot_of.names, snapshot_of.getter
+    append: Callable[[bytes, Any, Callable[[Any], Event]], bool] = getattr(
+        meter.store, "append_capture", _not_taken)
+    complete = meter._complete_capture
+    context_of = _CONTEXT.get
+    encode = _encoder.encode
+    ids = IDS
+
+    def defer(response: Any, model: str, attribution: Attribution, attempt: int,
+              call: Call | None) -> bool:
+        try:
+            if call is None and (context_of() is not EMPTY or meter.default is not EMPTY):
+                attribution = meter.attribution_of(attribution)  # (else: nothing to merge, no frame)
+            if getter is not None and type(response) is not dict:  # ``FieldSnapshot.__call__``
+                try:
+                    snapshot: Any = names, getter(response)
+                except AttributeError:
+                    return False
+                kept = response
+            else:
+                snapshot = snapshot_of(response)
+                if snapshot is None:
+                    return False
+                # a snapshot in the provider's JSON shape is what the extractor reads after a
+                # crash: the background thread reads it too (no second parse, no live response)
+                kept = snapshot if type(snapshot) is dict else response
+            # the event id is formatted later (``capture_id``): only its parts here
+            prefix = ids.prefix
+            n = next(ids.counter)
+            ts = time_ns() // 1000
+            line = encode((TAG, prefix, n, ts, provider, api, extractor, model, attribution.customer,
+                           attribution.feature, attribution.tags or None, attempt, region, snapshot))
+            owner = call if call is not None else (provider, api, model, attribution, extractor, region)
+            return append(line, (owner, kept, prefix, n, ts), complete)
+        except Exception as exc:
+            meter._error(exc, "store")
+        return False
+
+    return defer
 
 
 def _log_error(exc: BaseException, kind: str) -> None:

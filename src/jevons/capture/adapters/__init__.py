@@ -90,7 +90,7 @@ from jevons.capture.attribution import _CALL_KWARG_NAMES, _CONTEXT, EMPTY, Attri
 from jevons.capture.build import review_extracted, review_usage
 from jevons.capture.extract import Extracted, UnknownShape
 from jevons.capture.meter import CURRENT_CALL, Call, http_status
-from jevons.capture.record import FieldSnapshot, defer, log_capture
+from jevons.capture.record import Deferrer, FieldSnapshot, deferrer, log_capture
 from jevons.capture.run import _RUN
 from jevons.usage import Usage
 
@@ -495,6 +495,8 @@ def instrument(
     context_of = _CONTEXT.get
     run_of = _RUN.get
     attribution_of = meter.attribution_of
+    # the method's deferrer (see ``record.deferrer``), made once
+    defer = None if snapshot is None else deferrer(meter, snapshot, prov, api, extractor, region)
 
     def _start(kwargs: dict[str, Any]) -> tuple[Call | None, bool, bool]:
         """``(call, streaming, direct)``: the call started by the direct path when it applies,
@@ -513,12 +515,12 @@ def instrument(
             except Exception as exc:
                 meter._error(exc, "adapter")
                 return None, False, False
-            call.snapshot = snapshot
+            call.deferrer = defer
             return call, False, True
         started = begin(prov, api, model, attribution, kwargs, extractor=extractor, region=region)
         if started is None:
             return None, False, False
-        started.snapshot = snapshot
+        started.deferrer = defer
         return started, _prepare(started, kwargs), False
 
     # The pre- and post-call work is shared by the sync and async wrappers.
@@ -595,19 +597,19 @@ def instrument(
             return result
         return _after(call, result, streaming)
 
-    if not (direct and retries_hooked) or snapshot is None:
+    if not (direct and retries_hooked) or defer is None:
         return metered
     general = metered
+    write: Deferrer = defer
 
     # The lean path: the direct path's call, with no ``Call`` and no ``CURRENT_CALL`` while
     # the provider runs, on a client whose attempts only the retry hook sees (it then pushes
-    # onto ``_RETRIES``, see there). The response goes to ``record.defer`` from here; the
+    # onto ``_RETRIES``, see there). The response goes to the method's deferrer from here; the
     # ``Call`` is made only when one is needed: by the drain thread for the event, or here when
     # the provider raised, the SDK retried or the response is not deferred. Why: an ordinary
     # call's whole added latency is this function, run on the CPU caches the SDK left cold;
     # measured with callgrind it runs 37,700 instructions on the general path against 23,700
     # for the least a wrapper can do (``bench/bench_capture.py``'s python-floor).
-    snapshot_of: Callable[[Any], Any] = snapshot
 
     def _lean_call(model: str, mark: _RetryNode | None) -> Call | None:
         """The ``Call`` the lean path did not make, with the attempts the retry hook saw
@@ -622,11 +624,11 @@ def instrument(
         return call
 
     def _lean_after(model: str, mark: _RetryNode | None, result: Any) -> Any:
-        """The response of a lean call that ``defer`` did not take: recorded by its ``Call``."""
+        """The response of a lean call that ``write`` did not take: recorded by its ``Call``."""
         call = _lean_call(model, mark)
         if call is None:
             return result
-        call.snapshot = snapshot_of
+        call.deferrer = write
         if log_capture(meter, call, result):
             return result
         return _after(call, result, False)
@@ -659,8 +661,7 @@ def instrument(
             except BaseException as exc:
                 _lean_failed(model, mark, exc)
                 raise
-            if _retries_seen() is mark and defer(meter, snapshot_of, result, prov, api, extractor, model,
-                                                 attribution, 1, region, None):
+            if _retries_seen() is mark and write(result, model, attribution, 1, None):
                 return result
             return _lean_after(model, mark, result)
 
@@ -677,8 +678,7 @@ def instrument(
         except BaseException as exc:
             _lean_failed(model, mark, exc)
             raise
-        if _retries_seen() is mark and defer(meter, snapshot_of, result, prov, api, extractor, model,
-                                             attribution, 1, region, None):
+        if _retries_seen() is mark and write(result, model, attribution, 1, None):
             return result
         return _lean_after(model, mark, result)
 
