@@ -98,7 +98,11 @@ ErrorHook = Callable[[BaseException, str], Any]
 
 #: what the lean path of ``adapters.instrument`` hands over instead of a ``Call``: provider,
 #: api, requested model, attribution, extractor, region
-CallFields = tuple[str, str | None, str, Attribution, str, str | None]
+#: what a metered method's deferred captures share: provider, API, extractor, region
+CaptureSite = tuple[str, str | None, str, str | None]
+#: a deferred capture handed to the store: its ``Call`` (``None`` on the lean path), requested
+#: model, attribution, response (or its JSON snapshot), and its event id's parts and timestamp
+CaptureItem = tuple["Call | None", str, Attribution, Any, str, int, int]
 
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("jevons_current_call", default=None)
 """The call whose provider request is in flight (HTTP attempt hooks read it)."""
@@ -588,16 +592,14 @@ class Meter:
                 self._error(exc, "guard")
 
     # ================================================================== building events
-    def _complete_capture(self, item: tuple[Call | CallFields, Any, str, int, int]) -> Event:
-        """A deferred capture's event (called by the store's background thread), read from
-        the live response, or from its snapshot when that is a dict in the provider's JSON
-        shape (``record.deferrer``). The lean path made no ``Call``: it is made here, off the
-        caller's thread, from the fields it handed over."""
-        owner, response, prefix, n, ts = item
-        if isinstance(owner, Call):
-            call = owner
-        else:
-            provider, api, model, attribution, extractor, region = owner
+    def _complete_capture(self, site: CaptureSite, item: CaptureItem) -> Event:
+        """A deferred capture's event (called by the store's background thread, ``site`` bound
+        by ``record.deferrer``), read from the live response, or from its snapshot when that
+        is a dict in the provider's JSON shape. The lean path made no ``Call``: it is made
+        here, off the caller's thread, from the fields it handed over."""
+        call, model, attribution, response, prefix, n, ts = item
+        if call is None:
+            provider, api, extractor, region = site
             call = Call(self, provider, api, model, attribution, None, None, extractor, region)
         event_id = _record.capture_id(prefix, n)
         extracted = extract_or_review(call.extractor, call.api, response, call.model, self._error)

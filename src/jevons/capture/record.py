@@ -27,6 +27,7 @@ a JSON object in the provider's shape, or a ``[names, values]`` pair of its top-
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import operator
@@ -143,8 +144,8 @@ def log_capture(meter: Meter, call: Call, response: Any) -> bool:
     return False
 
 
-#: ``deferrer``'s function: ``defer(response, model, attribution, attempt, call) -> taken``
-Deferrer = Callable[[Any, str, "Attribution", int, "Call | None"], bool]
+#: ``deferrer``'s function: ``defer(response, model[, attribution, attempt, call]) -> taken``
+Deferrer = Callable[..., bool]
 
 
 def _not_taken(line: bytes, item: Any, complete: Callable[[Any], Event]) -> bool:
@@ -152,10 +153,11 @@ def _not_taken(line: bytes, item: Any, complete: Callable[[Any], Event]) -> bool
 
 
 def deferrer(meter: Meter, snapshot_of: Callable[[Any], Any], provider: str, api: str | None,
-             extractor: str, region: str | None) -> Deferrer:
+             extractor: str, region: str | None, client: Attribution) -> Deferrer:
     """The function that defers the finished calls of one metered method (a provider's API on
-    one wrapped client: ``provider``, ``api``, ``extractor`` and ``region`` are its, and
-    ``snapshot_of`` its ``MethodSpec.snapshot``), made once when the method is wrapped.
+    one wrapped client: ``provider``, ``api``, ``extractor`` and ``region`` are its, ``client``
+    its wrapped client's attribution, and ``snapshot_of`` its ``MethodSpec.snapshot``), made
+    once when the method is wrapped.
 
     ``defer(response, model, attribution, attempt, call)`` writes the line of a finished call
     to the append log and hands the rest to the ledger's background thread: on the caller's
@@ -164,7 +166,7 @@ def deferrer(meter: Meter, snapshot_of: Callable[[Any], Any], provider: str, api
     no newline can occur in it). Extraction, pricing, the ``Event``, its row and the sinks run
     in the background thread (``Meter._complete_capture``), in order, for ``call`` or, when
     ``None`` (the lean path, which makes no ``Call``), for one it makes there from these
-    fields; with no ``call``, ``attribution`` is the wrapped client's, resolved here
+    fields; with no ``call``, ``attribution`` (by default ``client``) is resolved here
     (``Meter.attribution_of``). The line is enough to rebuild the event if the process dies
     first (``read_capture``). False: not taken (the snapshot does not know the response, the
     store declined, or failed: counted); record the call at once.
@@ -173,21 +175,21 @@ def deferrer(meter: Meter, snapshot_of: Callable[[Any], Any], provider: str, api
     caches the SDK left cold, where each Python operation counts (measured: the whole of
     jevons' added latency above the least a wrapper can do, ``bench/bench_capture.py``'s
     python-floor, went with the number of bytecodes run). What is the same for every call of
-    the method is bound here, once, so a call passes five arguments, and the snapshot of an
-    SDK object by a ``FieldSnapshot`` is taken inline (one frame fewer)."""
+    the method is bound here, once, so a lean call passes two arguments, and the snapshot of
+    an SDK object by a ``FieldSnapshot`` is taken inline (one frame fewer)."""
     names: tuple[str, ...] | None = None
     getter: Callable[[Any], Any] | None = None
     if type(snapshot_of) is FieldSnapshot:
         names, getter = snapshot_of.names, snapshot_of.getter
     append: Callable[[bytes, Any, Callable[[Any], Event]], bool] = getattr(
         meter.store, "append_capture", _not_taken)
-    complete = meter._complete_capture
+    complete = functools.partial(meter._complete_capture, (provider, api, extractor, region))
     context_of = _CONTEXT.get
     encode = _encoder.encode
     ids = IDS
 
-    def defer(response: Any, model: str, attribution: Attribution, attempt: int,
-              call: Call | None) -> bool:
+    def defer(response: Any, model: str, attribution: Attribution = client, attempt: int = 1,
+              call: Call | None = None) -> bool:
         try:
             if call is None and (context_of() is not EMPTY or meter.default is not EMPTY):
                 attribution = meter.attribution_of(attribution)  # (else: nothing to merge, no frame)
@@ -210,8 +212,7 @@ def deferrer(meter: Meter, snapshot_of: Callable[[Any], Any], provider: str, api
             ts = time_ns() // 1000
             line = encode((TAG, prefix, n, ts, provider, api, extractor, model, attribution.customer,
                            attribution.feature, attribution.tags or None, attempt, region, snapshot))
-            owner = call if call is not None else (provider, api, model, attribution, extractor, region)
-            return append(line, (owner, kept, prefix, n, ts), complete)
+            return append(line, (call, model, attribution, kept, prefix, n, ts), complete)
         except Exception as exc:
             meter._error(exc, "store")
         return False

@@ -397,7 +397,16 @@ class JournaledStore:
                 return False
             log = self._log
             if log is not None:
-                log.append_line(line)
+                seg = log.current
+                p = seg.pos
+                end = p + len(line)
+                if end < seg.size:  # ``MappedLog.append_line``'s write, without its frame
+                    mm = seg.mm
+                    mm[p:end] = line
+                    mm[end] = 10  # the newline after the line: a line with its newline is whole
+                    seg.pos = end + 1
+                else:
+                    log.append_line(line)  # a new segment
             size = len(line) + 1
             self._written += size
             self._kept_bytes = kept = kept + size

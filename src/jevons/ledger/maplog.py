@@ -75,7 +75,10 @@ class MappedLog:
         self.segment_bytes = max(segment_bytes, mmap.PAGESIZE)
         self._no_populate = False
         self._segments: list[_Segment] = []
-        self._current = self._open(self.segment_bytes)  # the last of ``_segments``: appended to
+        # the last of the segments, appended to. ``JournaledStore.append_capture`` writes a
+        # line that fits into it itself, as ``append_line`` does (a frame fewer on every
+        # metered call); a line that does not fit goes to ``append_line``, which rolls over
+        self.current = self._open(self.segment_bytes)
 
     @property
     def written(self) -> int:
@@ -109,14 +112,14 @@ class MappedLog:
             raise
         segment = _Segment(path, fd, mm, self.written, size)
         self._segments.append(segment)
-        self._current = segment
+        self.current = segment
         return segment
 
     def append_line(self, line: bytes) -> None:
         """Store ``line`` and its newline (``len(line) + 1`` bytes). Every metered call runs
         this on its own thread: kept to the few operations it needs (``written`` is computed
         when asked, not counted here)."""
-        seg = self._current
+        seg = self.current
         p = seg.pos
         end = p + len(line)
         if end >= seg.size:
