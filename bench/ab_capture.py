@@ -1,0 +1,160 @@
+"""Compare the added latency of versions of jevons in one process, their calls interleaved.
+
+Why: ``bench_capture.py`` measures each peer in a process of its own, and between processes
+running the same code jevons' p50 moves by some 3 us on the 2-core VM here (memory layout
+differs from process to process), as much as a change of one Python frame on the hot path is
+worth. Two versions metered side by side in one process share that luck, so their difference
+is steady: this is the tool to rank a change; ``bench_capture.py`` gives the verdict.
+
+Each git revision named is copied (``git archive``) as a package of its own name,
+``jevons_<rev>``, its imports rewritten, and metered beside the working tree's (copied the
+same way, ``jevons_work``: see ``copy_revision``), each
+with its own ``Meter`` (durable ledger in its own ``JEVONS_HOME``), next to the unwrapped
+client, a second unwrapped one (the noise floor) and python-floor (see ``bench_capture``), all
+interleaved in a new random order every round. Printed: each client's added p50 per
+repetition and the median, each revision's difference to the working tree per repetition,
+and the bytecodes each version runs in its own frames for one warm call (``sys.settrace``
+opcode events): a deterministic count which, on this path, went with the latency (session 10:
+348 bytecodes in six frames against 115 in python-floor's one; 285 in three took 5-7 us off).
+
+    .venv/bin/python bench/ab_capture.py REV [REV ...] [--calls 3000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import io
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_capture import MESSAGES, make_client, percentile, python_floor, run_once
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def copy_revision(rev: str | None, into: Path) -> str:
+    """``src/jevons`` at ``rev`` (``None``: the working tree's) as the package ``jevons_<rev>``
+    in ``into``; its name. The working tree is copied too: the installed ``jevons``, imported
+    by its own name, measured slower than the same code copied (by 3-4 us, session 10)."""
+    name = "jevons_" + (re.sub(r"\W", "_", rev) if rev is not None else "work")
+    if rev is None:
+        shutil.copytree(REPO / "src" / "jevons", into / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        data = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/jevons"], check=True,
+                              capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(into / "_archive", filter="data")
+        (into / "_archive" / "src" / "jevons").rename(into / name)
+    rules = [(re.compile(r"\bfrom jevons\."), f"from {name}."),
+             (re.compile(r"\bimport jevons\."), f"import {name}."),
+             (re.compile(r"^(\s*)from jevons import", re.M), rf"\1from {name} import"),
+             (re.compile(r"^(\s*)import jevons$", re.M), rf"\1import {name} as jevons"),
+             (re.compile(r"\"jevons\.([a-z_.]+)\""), rf'"{name}.\1"')]
+    for path in (into / name).rglob("*.py"):
+        text = path.read_text()
+        for pattern, replacement in rules:
+            text = pattern.sub(replacement, text)
+        path.write_text(text)
+    return name
+
+
+def bytecodes(fn: Callable[[], Any], package: str) -> tuple[int, dict[str, int]]:
+    """Bytecodes run in ``package``'s own frames during one call of ``fn``, by function."""
+    counts: collections.Counter[str] = collections.Counter()
+    marker = os.sep + package + os.sep
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if marker not in frame.f_code.co_filename:
+            return None
+        frame.f_trace_opcodes = True
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                counts[frame.f_code.co_qualname] += 1
+            return local
+
+        return local
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return sum(counts.values()), dict(counts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("revs", nargs="+", help="git revisions to compare with the working tree")
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="jevons-ab-"))
+    sys.path.insert(0, str(work))
+    packages = [copy_revision(None, work), *(copy_revision(rev, work) for rev in args.revs)]
+
+    def call(client: Any) -> Callable[[], Any]:
+        create = client.chat.completions.create
+        return lambda: create(model="gpt-4o-mini", messages=MESSAGES)
+
+    calls: dict[str, Callable[[], Any]] = {"unwrapped": call(make_client()),
+                                           "unwrapped-2": call(make_client())}
+    floor = python_floor(make_client(), str(work))
+    calls["python-floor"] = lambda: floor(model="gpt-4o-mini", messages=MESSAGES)
+    meters: dict[str, Any] = {}
+    for package in random.sample(packages, len(packages)):  # no version always made first
+        os.environ["JEVONS_HOME"] = tempfile.mkdtemp(dir=work)
+        meter = importlib.import_module(package + ".capture.meter").Meter()
+        if not type(meter.store).__module__.startswith(package + "."):
+            raise SystemExit(f"{package} did not load its own store: {type(meter.store)}")
+        meters[package] = meter
+        calls[package] = call(meter.wrap(make_client(), customer="acme", feature="bench"))
+
+    run_once(calls, args.warmup, seed=-1)
+    for package in packages:
+        total, by_function = bytecodes(calls[package], package)
+        print(f"{package}: {total} bytecodes in its frames per call {by_function}")
+    added: dict[str, list[float]] = {name: [] for name in calls if name != "unwrapped"}
+    print(f"{args.repeats} x {args.calls} interleaved calls per client, added p50 (us) per repetition")
+    for rep in range(args.repeats):
+        run_once(calls, args.warmup, seed=-2 - rep)
+        for meter in meters.values():
+            meter.flush()
+        times = run_once(calls, args.calls, seed=rep)
+        base = percentile(sorted(times.pop("unwrapped")), 0.50)
+        for name, mine in times.items():
+            added[name].append(percentile(sorted(mine), 0.50) - base)
+        print(f"  {rep}: unwrapped {base:.1f} us; " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in added.items()),
+              flush=True)
+    print("median added p50: " + ", ".join(f"{n} {statistics.median(v):.1f} us" for n, v in added.items()))
+    for package in packages[1:]:
+        diffs = [b - a for a, b in zip(added[packages[0]], added[package], strict=True)]
+        each = ", ".join(f"{d:+.1f}" for d in diffs)
+        print(f"{package} - {packages[0]} (working tree), per repetition: {each} us"
+              f" (median {statistics.median(diffs):+.1f})")
+    for package, meter in meters.items():
+        stats = meter.stats()
+        print(f"{package}: {stats['events']} events, {stats['errors']} errors")
+        meter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
