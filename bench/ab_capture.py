@@ -100,7 +100,9 @@ def bytecodes(fn: Callable[[], Any], package: str) -> tuple[int, dict[str, int]]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("revs", nargs="+", help="git revisions to compare with the working tree")
+    parser.add_argument("revs", nargs="*", help="git revisions to compare with the working tree")
+    parser.add_argument("--installed", action="store_true",
+                        help="also meter the installed jevons, imported under its own name")
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
@@ -108,7 +110,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="jevons-ab-"))
     sys.path.insert(0, str(work))
-    packages = [copy_revision(None, work), *(copy_revision(rev, work) for rev in args.revs)]
+    packages = [copy_revision(None, work), *(copy_revision(rev, work) for rev in args.revs),
+                *(["jevons"] if args.installed else [])]
 
     def call(client: Any) -> Callable[[], Any]:
         create = client.chat.completions.create
