@@ -4,7 +4,10 @@ Why: ``bench_capture.py`` measures each peer in a process of its own, and betwee
 running the same code jevons' p50 moves by some 3 us on the 2-core VM here (memory layout
 differs from process to process), as much as a change of one Python frame on the hot path is
 worth. Two versions metered side by side in one process share that luck, so their difference
-is steady: this is the tool to rank a change; ``bench_capture.py`` gives the verdict.
+is steadier: this is the tool to rank a change; ``bench_capture.py`` gives the verdict. Not
+free of bias: an A/A run (the working tree against ``HEAD``, the same code) found the second
+copy faster in 5 of 5 repetitions, by 0.6 us at the median (0.1 to 1.3): a difference under
+about 1.5 us is no finding; swap the order (``git stash``, name the other revision) to check.
 
 Each git revision named is copied (``git archive``) as a package of its own name,
 ``jevons_<rev>``, its imports rewritten, and metered beside the working tree's (copied the
