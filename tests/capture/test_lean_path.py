@@ -168,3 +168,30 @@ def test_the_retry_chain_is_bounded_and_read_since_a_mark() -> None:
         assert attempts_since(_RETRIES.get()) == []
 
     contextvars.copy_context().run(run)
+
+
+def test_a_method_with_a_model_prefix_keeps_the_general_paths_which_remove_it(
+        replay: ReplayServer, durable: Meter) -> None:
+    """The lean path's inline test does not remove a model prefix (``MethodSpec.model_prefix``,
+    Gemini's ``models/``): such a method is not given it, even on a client whose retries the
+    hook sees, and the prefix is removed from the requested model as on the direct path."""
+    from dataclasses import replace
+
+    from jevons.capture.adapters import instrument
+    from jevons.capture.adapters.openai import CHAT as CHAT_SPEC
+    from jevons.capture.attribution import make
+
+    replay.on(CHAT, "openai/chat_basic")
+    raw = openai.OpenAI(base_url=replay.url + "/v1", api_key="k", max_retries=0)
+    seen: list[object] = []
+
+    def create(**kwargs: Any) -> Any:
+        seen.append(CURRENT_CALL.get())
+        return raw.chat.completions.create(**{**kwargs, "model": kwargs["model"].removeprefix("models/")})
+
+    metered = instrument(durable, create, replace(CHAT_SPEC, model_prefix="models/"), make("acme", None),
+                         "openai", is_async=False, retries_hooked=True)
+    metered(model="models/gpt-4o-mini", messages=MESSAGES)
+    assert seen[0] is not None, "the direct path, with its Call, not the lean path"
+    [event] = durable.events()
+    assert (event.model_requested, event.customer, event.status) == ("gpt-4o-mini", "acme", "ok")
