@@ -624,12 +624,11 @@ def instrument(
         return call
 
     def _lean_after(model: str, mark: _RetryNode | None, result: Any) -> Any:
-        """The response of a lean call that ``write`` did not take: recorded by its ``Call``."""
+        """The response of a lean call that ``write`` did not take, or that the SDK retried:
+        recorded at once by its ``Call`` (not offered to ``write`` again: ``log_capture``'s rule
+        declines a retried call, and ``write`` would decline the response it just declined)."""
         call = _lean_call(model, mark)
         if call is None:
-            return result
-        call.deferrer = write
-        if log_capture(meter, call, result):
             return result
         return _after(call, result, False)
 
