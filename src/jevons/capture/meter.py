@@ -96,8 +96,6 @@ Sink = Callable[[Event], Any]
 Guard = Callable[[str | None, str, str, Attribution], Any]
 ErrorHook = Callable[[BaseException, str], Any]
 
-#: what the lean path of ``adapters.instrument`` hands over instead of a ``Call``: provider,
-#: api, requested model, attribution, extractor, region
 #: what a metered method's deferred captures share: provider, API, extractor, region
 CaptureSite = tuple[str, str | None, str, str | None]
 #: a deferred capture handed to the store: its ``Call`` (``None`` on the lean path), requested

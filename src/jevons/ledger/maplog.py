@@ -116,9 +116,9 @@ class MappedLog:
         return segment
 
     def append_line(self, line: bytes) -> None:
-        """Store ``line`` and its newline (``len(line) + 1`` bytes). Every metered call runs
-        this on its own thread: kept to the few operations it needs (``written`` is computed
-        when asked, not counted here)."""
+        """Store ``line`` and its newline (``len(line) + 1`` bytes), in a new segment when it
+        does not fit in the current one. (A metered call's capture line that fits is written
+        by ``JournaledStore.append_capture`` itself, the same way.)"""
         seg = self.current
         p = seg.pos
         end = p + len(line)
