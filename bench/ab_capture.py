@@ -1,13 +1,10 @@
-"""Compare the added latency of versions of jevons in one process, their calls interleaved.
+"""Compare the added latency of versions of jevons metered side by side, their calls interleaved.
 
 Why: ``bench_capture.py`` measures each peer in a process of its own, and between processes
 running the same code jevons' p50 moves by some 3 us on the 2-core VM here (memory layout
 differs from process to process), as much as a change of one Python frame on the hot path is
-worth. Two versions metered side by side in one process share that luck, so their difference
-is steadier: this is the tool to rank a change; ``bench_capture.py`` gives the verdict. Not
-free of bias: an A/A run (the working tree against ``HEAD``, the same code) found the second
-copy faster in 5 of 5 repetitions, by 0.6 us at the median (0.1 to 1.3): a difference under
-about 1.5 us is no finding; swap the order (``git stash``, name the other revision) to check.
+worth. Versions metered side by side share the machine's moment, so their difference is
+steadier: this is the tool to rank a change; ``bench_capture.py`` gives the verdict.
 
 Each git revision named is copied (``git archive``) as a package of its own name,
 ``jevons_<rev>``, its imports rewritten, and metered beside the working tree's (copied the
@@ -20,7 +17,22 @@ and the bytecodes each version runs in its own frames for one warm call (``sys.s
 opcode events): a deterministic count which, on this path, went with the latency (session 10:
 348 bytecodes in six frames against 115 in python-floor's one; 285 in three took 5-7 us off).
 
+Layout luck (session 11): one process is not enough. An A/A/A/A run, the same code four times
+(the working tree and three revisions naming the same commit), found the working tree's copy
+2.1-3.2 us faster than each of the other three, in 5 of 5 repetitions, while those three
+agreed within 0.2 us: a copy's luck holds for the life of its process, so a difference of a
+few us that keeps its sign in every repetition of one process is no finding (session 10's
+single-process rankings, and its "second copy 0.6 us faster" bias, were within that luck).
+``--processes N`` runs the comparison in N fresh processes, each copy's place in memory drawn
+anew, and prints the median over the processes of each version's difference to the working
+tree, with the count of processes where it was below: the tool's verdict. Many short
+processes rank best for the time (``--processes 24 --repeats 1 --calls 2000``, 5 minutes for
+two versions): the spread is between processes, not within one. Measured that way, per-process
+differences between two versions spread over about +-4 us; a median under 1 us, or a count
+short of about 17 of 24, is no finding.
+
     .venv/bin/python bench/ab_capture.py REV [REV ...] [--calls 3000] [--repeats 5]
+        [--processes N] [--installed]
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import argparse
 import collections
 import importlib
 import io
+import json
 import os
 import random
 import re
@@ -51,7 +64,8 @@ REPO = Path(__file__).resolve().parent.parent
 def copy_revision(rev: str | None, into: Path) -> str:
     """``src/jevons`` at ``rev`` (``None``: the working tree's) as the package ``jevons_<rev>``
     in ``into``; its name. The working tree is copied too: the installed ``jevons``, imported
-    by its own name, measured slower than the same code copied (by 3-4 us, session 10)."""
+    by its own name, measured slower than the same code copied (by 3-4 us in session 10's
+    single-process runs, within the layout luck of the module docstring), and copies are alike."""
     name = "jevons_" + (re.sub(r"\W", "_", rev) if rev is not None else "work")
     if rev is None:
         shutil.copytree(REPO / "src" / "jevons", into / name,
@@ -109,7 +123,12 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="run the comparison in this many fresh processes and aggregate")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.processes > 1:
+        return across_processes(args)
 
     work = Path(tempfile.mkdtemp(prefix="jevons-ab-"))
     sys.path.insert(0, str(work))
@@ -159,6 +178,37 @@ def main() -> int:
         stats = meter.stats()
         print(f"{package}: {stats['events']} events, {stats['errors']} errors")
         meter.close()
+    if args.json:  # for ``across_processes``: the last line
+        print(json.dumps({name: statistics.median(v) for name, v in added.items()}))
+    return 0
+
+
+def across_processes(args: argparse.Namespace) -> int:
+    """The comparison in ``args.processes`` fresh processes, one after the other: each
+    process's median added p50 per version, then, per version, the median over the processes
+    of its difference to the working tree's copy and the count of processes where it was
+    below it."""
+    cmd = [sys.executable, __file__, *args.revs, "--calls", str(args.calls), "--warmup",
+           str(args.warmup), "--repeats", str(args.repeats), "--json",
+           *(["--installed"] if args.installed else [])]
+    runs: list[dict[str, float]] = []
+    for number in range(args.processes):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"process {number} failed:\n{done.stderr}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"process {number}: " + ", ".join(f"{n} {v:.1f}" for n, v in runs[-1].items()), flush=True)
+    names = [n for n in runs[0] if n.startswith("jevons")]
+    work = names[names.index("jevons_work")] if "jevons_work" in names else names[0]
+    print(f"median over {args.processes} processes of the median added p50: "
+          + ", ".join(f"{n} {statistics.median(r[n] for r in runs):.1f} us" for n in runs[0]))
+    for name in names:
+        if name == work:
+            continue
+        diffs = [r[name] - r[work] for r in runs]
+        below = sum(d < 0 for d in diffs)
+        print(f"{name} - {work}: median {statistics.median(diffs):+.1f} us over the processes "
+              f"({', '.join(f'{d:+.1f}' for d in diffs)}); below in {below} of {len(diffs)}")
     return 0
 
 
