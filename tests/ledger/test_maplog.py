@@ -85,18 +85,12 @@ def test_captures_are_refused_when_they_cannot_be_deferred(ledger: SQLLedger, tm
     assert sync.append_capture(b'["C1"]', 1, complete) is False  # sync: built by the caller
     sync.close()
     store = JournaledStore(ledger, tmp_path / "j2", flush_interval_ms=60_000)
-    with store._lock:
-        store._spilled = True  # the database is behind: rows are read back from the log
-        store._retake()
+    store._spilled = True  # the database is behind: rows are read back from the log
     assert store.append_capture(b'["C1"]', 2, complete) is False
-    with store._lock:
-        store._spilled = False
-        store._carry_bytes = store._row_cap_bytes + 1  # a failed commit holds more than allowed
-        store._retake()
+    store._spilled = False
+    store._carry_bytes = store._row_cap_bytes + 1  # a failed commit holds more than allowed
     assert store.append_capture(b'["C1"]', 3, complete) is False
-    with store._lock:
-        store._carry_bytes = 0
-        store._retake()
+    store._carry_bytes = 0
     store.takes_captures = False
     assert store.append_capture(b'["C1"]', 4, complete) is False
     store.takes_captures = True

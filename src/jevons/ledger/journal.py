@@ -189,7 +189,6 @@ def _after_fork(ref: weakref.ref[JournaledStore]) -> None:
         except Exception as exc:  # the child must still start; appends will raise and be counted
             log.error("jevons ledger: could not reopen the ledger after fork: %s", exc)
             store._closed = True
-            store._retake()
 
 
 class JournaledStore:
@@ -218,7 +217,7 @@ class JournaledStore:
         self.durability = durability
         # whether metered calls may be handed over as captures (``append_capture``): not in
         # ``sync`` mode, where every call waits for its own commit anyway
-        self._takes_captures = durability != "sync"
+        self.takes_captures = durability != "sync"
         self._interval = max(flush_interval_ms, 0.1) / 1000.0
         self._recent_max = recent_keys
         self._recent: set[str] = set()
@@ -255,8 +254,6 @@ class JournaledStore:
         self._spilled = False
         self._stats = {"appended": 0, "duplicates": 0, "stored": 0, "db_duplicates": 0,
                        "drain_errors": 0, "recovered": 0, "lends": 0}  # ("appended": + _captures)
-        self._take_limit = -1
-        self._retake()
         self.last_error: str | None = None
         self._log: MappedLog | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -299,34 +296,12 @@ class JournaledStore:
         self._captures = self._built = 0
         self._built_cond = threading.Condition()
         self._spilled = False
-        self._retake()
         self._written = self._drained = 0
         self.ledger = self._reopen()
         if self.durability != "fast":
             self._log = MappedLog(self.directory, self._rotate_bytes)
         self._thread = threading.Thread(target=self._run, name="jevons-ledger-drain", daemon=True)
         self._thread.start()
-
-    @property
-    def takes_captures(self) -> bool:
-        """Whether metered calls may be handed over as captures (``append_capture``)."""
-        return self._takes_captures
-
-    @takes_captures.setter
-    def takes_captures(self, value: bool) -> None:
-        with self._lock:
-            self._takes_captures = value
-            self._retake()
-
-    def _retake(self) -> None:
-        """Recompute ``_take_limit``, ``append_capture``'s five conditions in one number: the
-        bytes of rows that may wait in memory for a capture to be taken (``memory_rows_bytes``
-        less what a failed commit carries), -1 when none is taken (closed, rows spilled, or
-        not ``takes_captures``). Called wherever one of them changes. Why one number: the
-        test runs on every metered call, on CPU caches the SDK left cold, where each Python
-        operation costs."""
-        self._take_limit = (-1 if self._closed or self._spilled or not self._takes_captures
-                            else self._row_cap_bytes - self._carry_bytes)
 
     # -- the log ----------------------------------------------------------------------------
     def _own_paths(self) -> list[Path]:
@@ -347,7 +322,6 @@ class JournaledStore:
             # them back from the log once it catches up (captures among them are still
             # completed, for the meter's sinks and counts; their rows come from the log)
             self._spilled = True
-            self._retake()
             self._orphans += [r for r in self._rows if r[0] is _PENDING]  # type: ignore[misc]
             self._rows = []
             self._kept_bytes = 0
@@ -393,7 +367,8 @@ class JournaledStore:
         error for the call, not one here and one there)."""
         with self._lock:
             kept = self._kept_bytes
-            if kept > self._take_limit:  # (see ``_retake``)
+            if (self._closed or self._spilled or not self.takes_captures
+                    or kept + self._carry_bytes > self._row_cap_bytes):
                 return False
             log = self._log
             if log is not None:
@@ -557,7 +532,6 @@ class JournaledStore:
             if self._closed:
                 return
             self._closed = True
-            self._retake()
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=60.0)
@@ -611,7 +585,6 @@ class JournaledStore:
             self._carry = []  # the log holds those rows too, from the committed offset on
             with self._lock:
                 self._carry_bytes = 0
-                self._retake()
             return self._drain_log(upto)
         rows = self._carry
         built = 0
@@ -638,12 +611,10 @@ class JournaledStore:
             carry_bytes = sum(len(r[-1]) + 1 for r in self._carry)
             with self._lock:
                 self._carry_bytes = carry_bytes
-                self._retake()
             raise
         if self._carry_bytes:
             with self._lock:
                 self._carry_bytes = 0
-                self._retake()
         self._set_drained(upto)
         return len(rows)
 
@@ -662,12 +633,10 @@ class JournaledStore:
             with self._lock:
                 if self._drained + cut >= self._written:
                     self._spilled = False  # caught up: appends hand their rows over again
-                    self._retake()
             self._set_drained(self._drained + cut)
         else:
             with self._lock:
                 self._spilled = self._drained < self._written
-                self._retake()
         return n
 
     def _commit(self, rows: list[IndexRow]) -> None:
