@@ -642,7 +642,7 @@ def instrument(
     # Python frame on this path costs more than its few lines. Measured (session 11, 24 fresh
     # processes): sharing this test and the three other inline copies on the path (the
     # deferrer's snapshot and attribution check, ``append_capture``'s write) in functions
-    # added 2.4 us a call at the median, slower in 18 of 24 processes.
+    # added 2.4 and 3.5 us a call at the median in two runs, slower in 18 and 21 of 24.
     if is_async:
 
         @functools.wraps(fn)
