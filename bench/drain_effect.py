@@ -1,0 +1,139 @@
+"""How much of jevons' added latency its ledger's background thread causes on the caller's thread.
+
+Why: ``bench_capture.py`` measures jevons beside python-floor (the least a Python wrapper can
+do to make a call durable, see there), and jevons stands some microseconds above it. The
+caller's own work is one part; session 12 found that a second part appears only while the
+ledger's drain thread runs on the other CPU, and vanishes when the whole process runs on one
+CPU (``taskset -c 0``). This script measures that part: jevons alone in each of many fresh
+processes (one meter per process, as in ``bench_capture.py``, beside the unwrapped client, a
+second unwrapped one, a Python function that only forwards the call, and python-floor), with
+the drain changed for the measured calls only (after the warm-up's events are committed):
+
+- ``default``: as shipped;
+- ``paused``: the drain builds and commits nothing (rows wait in memory; neither lent the GIL
+  nor spilled): what the caller's path alone costs;
+- ``no-commit``: the drain builds the events but commits nothing to SQLite;
+- ``interval-<ms>``: the drain wakes every <ms> milliseconds instead of 5;
+- ``no-build``: the drain builds no event: it commits one prepared row per capture (the
+  warm-up's last event's, a duplicate the database ignores) and frees what was handed over;
+- ``no-build-keep``: the same, and what was handed over is never freed (so the drain never
+  lowers the reference counts of the objects in it, which the caller's next call touches).
+
+Printed per variant: the median over its processes of each client's added p50, and of
+jevons minus python-floor per process with its quartiles. The variants run alternately, a new
+process each, so that drift of the machine is spread over them. Per-process figures spread
+over several microseconds: compare medians of 16 or more processes, and read a difference
+under about 1.5 us as none.
+
+    .venv/bin/python bench/drain_effect.py [--processes 16] [--calls 2000]
+        [--variants default,paused,no-commit] [--cpus 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_capture import MESSAGES, make_client, percentile, python_floor, run_once
+
+VARIANTS = ("default", "paused", "no-commit")
+
+
+def _change_drain(store: Any, variant: str, last_event: Any) -> None:
+    """Change the running drain of ``store`` (a ``JournaledStore``) as ``variant`` says."""
+    if variant == "default":
+        return
+    if variant.startswith("no-build"):
+        from jevons.ledger.codec import index_row
+
+        row = index_row(last_event)
+        kept: list[Any] = []
+        keep = kept.append if variant == "no-build-keep" else (lambda pending: None)
+        store._materialize = lambda pending: (keep(pending), row)[1]
+        return
+    if variant == "paused":
+        store._lend_bytes = store._row_cap_bytes = 1 << 40  # never lend the GIL, never spill
+        store._drain_once = lambda: 0
+    elif variant == "no-commit":
+        store._commit = lambda rows: None
+    elif variant.startswith("interval-"):
+        store._interval = float(variant.removeprefix("interval-")) / 1000.0
+        store._wake.set()  # (the loop reads the interval after its next drain)
+    else:
+        raise SystemExit(f"unknown variant {variant!r}")
+
+
+def measure(variant: str, calls: int, warmup: int, seed: int) -> dict[str, float]:
+    """One process: the added p50 of each client against the unwrapped one."""
+    from jevons.capture.meter import Meter
+
+    def call(create: Any) -> Any:
+        return lambda: create(model="gpt-4o-mini", messages=MESSAGES)
+
+    forward_to = make_client().chat.completions.create
+
+    def forward(**kwargs: Any) -> Any:
+        return forward_to(**kwargs)
+
+    floor = python_floor(make_client(), os.environ["JEVONS_HOME"])
+    meter = Meter()
+    wrapped = meter.wrap(make_client(), customer="acme", feature="bench")
+    clients = {"unwrapped": call(make_client().chat.completions.create),
+               "unwrapped-2": call(make_client().chat.completions.create),
+               "forward": call(forward), "python-floor": call(floor),
+               "jevons": call(wrapped.chat.completions.create)}
+    run_once(clients, warmup, seed=-1 - seed)
+    last_event = meter.events()[-1]  # (flushes: the warm-up's events are built and committed)
+    _change_drain(meter.store, variant, last_event)
+    times = run_once(clients, calls, seed=seed)
+    base = percentile(sorted(times.pop("unwrapped")), 0.5)
+    return {name: percentile(sorted(mine), 0.5) - base for name, mine in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--processes", type=int, default=16, help="fresh processes per variant")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--cpus", default=None, help="run each process on these CPUs (taskset -c)")
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child[0], args.calls, args.warmup, int(args.child[1]))), flush=True)
+        os._exit(0)  # (a paused drain would hold the exit for its flush)
+    variants = args.variants.split(",")
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for i in range(args.processes):
+        for variant in variants if i % 2 == 0 else variants[::-1]:
+            command = [sys.executable, __file__, "--child", variant, str(i),
+                       "--calls", str(args.calls), "--warmup", str(args.warmup)]
+            if args.cpus is not None:
+                command = ["taskset", "-c", args.cpus, *command]
+            with tempfile.TemporaryDirectory() as home:
+                done = subprocess.run(command, env={**os.environ, "JEVONS_HOME": home},
+                                      capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise SystemExit(done.stderr[-3000:])
+            added = json.loads(done.stdout.strip().splitlines()[-1])
+            results[variant].append(added)
+            print(f"{i:3d} {variant:14s}", " ".join(f"{k}={v:5.1f}" for k, v in added.items()), flush=True)
+    print(f"\nadded p50 (us), medians over {args.processes} processes per variant")
+    for variant, runs in results.items():
+        above = [r["jevons"] - r["python-floor"] for r in runs]
+        q1, q2, q3 = statistics.quantiles(above, n=4) if len(above) > 1 else (above[0],) * 3
+        medians = " ".join(f"{k}={statistics.median(r[k] for r in runs):5.1f}" for k in runs[0])
+        print(f"{variant:14s}", medians,
+              f"| jevons - python-floor: median {q2:+.1f} (quartiles {q1:+.1f} .. {q3:+.1f})")
+
+
+if __name__ == "__main__":
+    main()
