@@ -17,7 +17,10 @@ the drain changed for the measured calls only (after the warm-up's events are co
 - ``no-build``: the drain builds no event: it commits one prepared row per capture (the
   warm-up's last event's, a duplicate the database ignores) and frees what was handed over;
 - ``no-build-keep``: the same, and what was handed over is never freed (so the drain never
-  lowers the reference counts of the objects in it, which the caller's next call touches).
+  lowers the reference counts of the objects in it, which the caller's next call touches);
+- ``split-cpus``: as shipped, with the calling thread held on CPU 0 and the drain thread on
+  CPU 1 (Linux; the process is otherwise free to run anywhere): the two threads never share a
+  CPU's caches and the caller never moves between CPUs.
 
 Printed per variant: the median over its processes of each client's added p50, and of
 jevons minus python-floor per process with its quartiles. The variants run alternately, a new
@@ -50,6 +53,19 @@ VARIANTS = ("default", "paused", "no-commit")
 def _change_drain(store: Any, variant: str, last_event: Any) -> None:
     """Change the running drain of ``store`` (a ``JournaledStore``) as ``variant`` says."""
     if variant == "default":
+        return
+    if variant == "split-cpus":
+        os.sched_setaffinity(0, {0})  # (0: the calling thread)
+        inner = store._drain_once
+        placed: list[bool] = []
+
+        def drain_on_cpu_1() -> int:
+            if not placed:
+                os.sched_setaffinity(0, {1})  # the drain thread, on its next cycle
+                placed.append(True)
+            return int(inner())
+
+        store._drain_once = drain_on_cpu_1
         return
     if variant.startswith("no-build"):
         from jevons.ledger.codec import index_row
