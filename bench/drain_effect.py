@@ -18,6 +18,9 @@ the drain changed for the measured calls only (after the warm-up's events are co
   warm-up's last event's, a duplicate the database ignores) and frees what was handed over;
 - ``no-build-keep``: the same, and what was handed over is never freed (so the drain never
   lowers the reference counts of the objects in it, which the caller's next call touches);
+- ``swap-only``: the drain takes the rows handed over (under the store's lock, as it does) and
+  drops them: no build, no commit, what was handed over freed on the drain's thread;
+- ``swap-keep``: the same, and nothing freed;
 - ``split-cpus``: as shipped, with the calling thread held on CPU 0 and the drain thread on
   CPU 1 (Linux; the process is otherwise free to run anywhere): the two threads never share a
   CPU's caches and the caller never moves between CPUs.
@@ -53,6 +56,19 @@ VARIANTS = ("default", "paused", "no-commit")
 def _change_drain(store: Any, variant: str, last_event: Any) -> None:
     """Change the running drain of ``store`` (a ``JournaledStore``) as ``variant`` says."""
     if variant == "default":
+        return
+    if variant.startswith("swap-"):
+        taken_all: list[Any] = []
+
+        def swap_only() -> int:
+            with store._lock:
+                taken, store._rows = store._rows, []
+                store._kept_bytes = 0
+            if variant == "swap-keep":
+                taken_all.append(taken)
+            return len(taken)
+
+        store._drain_once = swap_only
         return
     if variant == "split-cpus":
         os.sched_setaffinity(0, {0})  # (0: the calling thread)
