@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import MESSAGES, make_client, percentile, python_floor, run_once
+from bench_capture import MESSAGES, chat_call, make_client, percentile, python_floor, run_once
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,8 +136,7 @@ def main() -> int:
                 *(["jevons"] if args.installed else [])]
 
     def call(client: Any) -> Callable[[], Any]:
-        create = client.chat.completions.create
-        return lambda: create(model="gpt-4o-mini", messages=MESSAGES)
+        return chat_call(client.chat.completions.create)
 
     calls: dict[str, Callable[[], Any]] = {"unwrapped": call(make_client()),
                                            "unwrapped-2": call(make_client())}
@@ -199,7 +198,7 @@ def across_processes(args: argparse.Namespace) -> int:
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"process {number}: " + ", ".join(f"{n} {v:.1f}" for n, v in runs[-1].items()), flush=True)
     names = [n for n in runs[0] if n.startswith("jevons")]
-    work = names[names.index("jevons_work")] if "jevons_work" in names else names[0]
+    work = "jevons_work" if "jevons_work" in names else names[0]
     print(f"median over {args.processes} processes of the median added p50: "
           + ", ".join(f"{n} {statistics.median(r[n] for r in runs):.1f} us" for n in runs[0]))
     for name in names:

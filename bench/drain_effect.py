@@ -38,6 +38,7 @@ under about 1.5 us as none.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -48,16 +49,45 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import MESSAGES, make_client, percentile, python_floor, run_once
+from bench_capture import chat_call, make_client, paused_drain, percentile, python_floor, run_once
 
 VARIANTS = ("default", "paused", "no-commit")
+#: every variant ``change_drain`` knows, besides ``interval-<ms>``
+NAMED = (*VARIANTS, "no-build", "no-build-keep", "swap-only", "swap-keep", "split-cpus")
 
 
-def _change_drain(store: Any, variant: str, last_event: Any) -> None:
-    """Change the running drain of ``store`` (a ``JournaledStore``) as ``variant`` says."""
+def known(variant: str) -> bool:
+    if variant.startswith("interval-"):
+        try:
+            return float(variant.removeprefix("interval-")) > 0
+        except ValueError:
+            return False
+    return variant in NAMED
+
+
+def change_drain(store: Any, variant: str, last_event: Any) -> None:
+    """Change the running drain of ``store`` (a ``JournaledStore``) as ``variant`` says, for the
+    rest of the process (``paused`` is ``bench_capture.paused_drain``, see ``measure``)."""
     if variant == "default":
-        return
-    if variant.startswith("swap-"):
+        pass
+    elif variant == "no-commit":
+        store._commit = lambda rows: None
+    elif variant.startswith("interval-"):
+        store._interval = float(variant.removeprefix("interval-")) / 1000.0
+        store._wake.set()  # (the loop reads the interval after its next drain)
+    elif variant in ("no-build", "no-build-keep"):
+        from jevons.ledger.codec import index_row
+
+        row = index_row(last_event)
+        kept: list[Any] = []
+
+        def materialize(pending: Any) -> Any:
+            if variant == "no-build-keep":
+                kept.append(pending)
+            return row
+
+        store._materialize = materialize
+    elif variant in ("swap-only", "swap-keep"):
         taken_all: list[Any] = []
 
         def swap_only() -> int:
@@ -69,36 +99,19 @@ def _change_drain(store: Any, variant: str, last_event: Any) -> None:
             return len(taken)
 
         store._drain_once = swap_only
-        return
-    if variant == "split-cpus":
+    elif variant == "split-cpus":
         os.sched_setaffinity(0, {0})  # (0: the calling thread)
-        inner = store._drain_once
-        placed: list[bool] = []
+        drain_once = store._drain_once
+        placed = False
 
         def drain_on_cpu_1() -> int:
+            nonlocal placed
             if not placed:
                 os.sched_setaffinity(0, {1})  # the drain thread, on its next cycle
-                placed.append(True)
-            return int(inner())
+                placed = True
+            return int(drain_once())
 
         store._drain_once = drain_on_cpu_1
-        return
-    if variant.startswith("no-build"):
-        from jevons.ledger.codec import index_row
-
-        row = index_row(last_event)
-        kept: list[Any] = []
-        keep = kept.append if variant == "no-build-keep" else (lambda pending: None)
-        store._materialize = lambda pending: (keep(pending), row)[1]
-        return
-    if variant == "paused":
-        store._lend_bytes = store._row_cap_bytes = 1 << 40  # never lend the GIL, never spill
-        store._drain_once = lambda: 0
-    elif variant == "no-commit":
-        store._commit = lambda rows: None
-    elif variant.startswith("interval-"):
-        store._interval = float(variant.removeprefix("interval-")) / 1000.0
-        store._wake.set()  # (the loop reads the interval after its next drain)
     else:
         raise SystemExit(f"unknown variant {variant!r}")
 
@@ -106,9 +119,6 @@ def _change_drain(store: Any, variant: str, last_event: Any) -> None:
 def measure(variant: str, calls: int, warmup: int, seed: int) -> dict[str, float]:
     """One process: the added p50 of each client against the unwrapped one."""
     from jevons.capture.meter import Meter
-
-    def call(create: Any) -> Any:
-        return lambda: create(model="gpt-4o-mini", messages=MESSAGES)
 
     forward_to = make_client().chat.completions.create
 
@@ -118,14 +128,18 @@ def measure(variant: str, calls: int, warmup: int, seed: int) -> dict[str, float
     floor = python_floor(make_client(), os.environ["JEVONS_HOME"])
     meter = Meter()
     wrapped = meter.wrap(make_client(), customer="acme", feature="bench")
-    clients = {"unwrapped": call(make_client().chat.completions.create),
-               "unwrapped-2": call(make_client().chat.completions.create),
-               "forward": call(forward), "python-floor": call(floor),
-               "jevons": call(wrapped.chat.completions.create)}
+    clients = {"unwrapped": chat_call(make_client().chat.completions.create),
+               "unwrapped-2": chat_call(make_client().chat.completions.create),
+               "forward": chat_call(forward), "python-floor": chat_call(floor),
+               "jevons": chat_call(wrapped.chat.completions.create)}
     run_once(clients, warmup, seed=-1 - seed)
     last_event = meter.events()[-1]  # (flushes: the warm-up's events are built and committed)
-    _change_drain(meter.store, variant, last_event)
-    times = run_once(clients, calls, seed=seed)
+    with contextlib.ExitStack() as changed:
+        if variant == "paused":
+            changed.enter_context(paused_drain(meter.store))
+        else:
+            change_drain(meter.store, variant, last_event)
+        times = run_once(clients, calls, seed=seed)
     base = percentile(sorted(times.pop("unwrapped")), 0.5)
     return {name: percentile(sorted(mine), 0.5) - base for name, mine in times.items()}
 
@@ -141,8 +155,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child[0], args.calls, args.warmup, int(args.child[1]))), flush=True)
-        os._exit(0)  # (a paused drain would hold the exit for its flush)
+        os._exit(0)  # (a changed drain may never finish the exit's flush)
     variants = args.variants.split(",")
+    unknown = [v for v in variants if not known(v)]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(NAMED)}, interval-<ms>")
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for i in range(args.processes):
         for variant in variants if i % 2 == 0 else variants[::-1]:
