@@ -4,7 +4,9 @@ Why: ``bench_capture.py`` measures jevons beside python-floor (the least a Pytho
 do to make a call durable, see there), and jevons stands some microseconds above it. The
 caller's own work is one part; session 12 found that a second part appears only while the
 ledger's drain thread runs on the other CPU, and vanishes when the whole process runs on one
-CPU (``taskset -c 0``). This script measures that part: jevons alone in each of many fresh
+CPU (``taskset -c 0``). (Session 13, with ``--paired``, found no such part: in the bench's
+loop the drain barely runs, starved of the GIL until a lend; see docs/capture.md.) This
+script measures that part: jevons alone in each of many fresh
 processes (one meter per process, as in ``bench_capture.py``, beside the unwrapped client, a
 second unwrapped one, a Python function that only forwards the call, and python-floor), with
 the drain changed for the measured calls only (after the warm-up's events are committed):
@@ -31,8 +33,14 @@ process each, so that drift of the machine is spread over them. Per-process figu
 over several microseconds: compare medians of 16 or more processes, and read a difference
 under about 1.5 us as none.
 
+``--paired BLOCKS`` runs every variant in each process instead, in turn, ``BLOCKS`` times
+each (``--calls`` rounds in all per variant, each block after 20 uncounted rounds that settle
+the change): the first variant is then compared with each other one within every process,
+which takes the spread between processes out of the difference (``split-cpus`` cannot take
+turns).
+
     .venv/bin/python bench/drain_effect.py [--processes 16] [--calls 2000]
-        [--variants default,paused,no-commit] [--cpus 0]
+        [--variants default,paused,no-commit] [--paired 10] [--cpus 0]
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +74,22 @@ def known(variant: str) -> bool:
     return variant in NAMED
 
 
-def change_drain(store: Any, variant: str, last_event: Any) -> None:
-    """Change the running drain of ``store`` (a ``JournaledStore``) as ``variant`` says, for the
-    rest of the process (``paused`` is ``bench_capture.paused_drain``, see ``measure``)."""
+@contextlib.contextmanager
+def changed_drain(store: Any, variant: str, last_event: Any) -> Iterator[None]:
+    """A context in which the running drain of ``store`` (a ``JournaledStore``) is changed as
+    ``variant`` says; afterwards it is as shipped again and has drained what waited."""
+    restore: list[str] = []  # instance attributes that shadow the class's methods
+    interval = store._interval
     if variant == "default":
         pass
+    elif variant == "paused":
+        with paused_drain(store):
+            yield
+        store.flush()
+        return
     elif variant == "no-commit":
         store._commit = lambda rows: None
+        restore.append("_commit")
     elif variant.startswith("interval-"):
         store._interval = float(variant.removeprefix("interval-")) / 1000.0
         store._wake.set()  # (the loop reads the interval after its next drain)
@@ -87,6 +105,7 @@ def change_drain(store: Any, variant: str, last_event: Any) -> None:
             return row
 
         store._materialize = materialize
+        restore.append("_materialize")
     elif variant in ("swap-only", "swap-keep"):
         taken_all: list[Any] = []
 
@@ -99,7 +118,9 @@ def change_drain(store: Any, variant: str, last_event: Any) -> None:
             return len(taken)
 
         store._drain_once = swap_only
+        restore.append("_drain_once")
     elif variant == "split-cpus":
+        everywhere = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {0})  # (0: the calling thread)
         drain_once = store._drain_once
         placed = False
@@ -112,12 +133,34 @@ def change_drain(store: Any, variant: str, last_event: Any) -> None:
             return int(drain_once())
 
         store._drain_once = drain_on_cpu_1
+        try:
+            yield
+        finally:
+            del store._drain_once
+            os.sched_setaffinity(0, everywhere)
+            os.sched_setaffinity(store._thread.native_id, everywhere)
+        return
     else:
         raise SystemExit(f"unknown variant {variant!r}")
+    try:
+        yield
+    finally:
+        for name in restore:
+            delattr(store, name)
+        store._interval = interval
+        store._wake.set()
+    # (swap variants dropped rows: their bytes count as drained by nothing; a flush would
+    # wait for them, so none is asked for here)
 
 
-def measure(variant: str, calls: int, warmup: int, seed: int) -> dict[str, float]:
-    """One process: the added p50 of each client against the unwrapped one."""
+def measure(variants: list[str], calls: int, warmup: int, seed: int,
+            blocks: int = 1) -> dict[str, dict[str, float]]:
+    """One process: the added p50 of each client against the unwrapped one, per variant.
+
+    With several variants, the process runs them in turn, ``blocks`` times each, every block
+    ``calls // blocks`` rounds after a few rounds that settle the change and are not counted:
+    differences between variants are then paired within one process, free of the spread
+    between processes (their memory layout, the machine's state when they started)."""
     from jevons.capture.meter import Meter
 
     forward_to = make_client().chat.completions.create
@@ -134,14 +177,20 @@ def measure(variant: str, calls: int, warmup: int, seed: int) -> dict[str, float
                "jevons": chat_call(wrapped.chat.completions.create)}
     run_once(clients, warmup, seed=-1 - seed)
     last_event = meter.events()[-1]  # (flushes: the warm-up's events are built and committed)
-    with contextlib.ExitStack() as changed:
-        if variant == "paused":
-            changed.enter_context(paused_drain(meter.store))
-        else:
-            change_drain(meter.store, variant, last_event)
-        times = run_once(clients, calls, seed=seed)
-    base = percentile(sorted(times.pop("unwrapped")), 0.5)
-    return {name: percentile(sorted(mine), 0.5) - base for name, mine in times.items()}
+    times: dict[str, dict[str, list[int]]] = {v: {name: [] for name in clients} for v in variants}
+    per_block = max(calls // blocks, 1)
+    settle = min(20, warmup) if len(variants) > 1 else 0
+    for b in range(blocks):
+        for v, variant in enumerate(variants if b % 2 == 0 else variants[::-1]):
+            with changed_drain(meter.store, variant, last_event):
+                run_once(clients, settle, seed=-2 - seed - b * 7 - v)
+                for name, mine in run_once(clients, per_block, seed=seed * 1000 + b * 7 + v).items():
+                    times[variant][name] += mine
+    out: dict[str, dict[str, float]] = {}
+    for variant, by_client in times.items():
+        base = percentile(sorted(by_client.pop("unwrapped")), 0.5)
+        out[variant] = {name: percentile(sorted(mine), 0.5) - base for name, mine in by_client.items()}
+    return out
 
 
 def main() -> None:
@@ -150,21 +199,30 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--paired", type=int, default=0, metavar="BLOCKS",
+                        help="run every variant in each process, in turn, BLOCKS times each")
     parser.add_argument("--cpus", default=None, help="run each process on these CPUs (taskset -c)")
-    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("VARIANTS", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], args.calls, args.warmup, int(args.child[1]))), flush=True)
+        measured = measure(args.child[0].split(","), args.calls, args.warmup, int(args.child[1]),
+                           max(args.paired, 1))
+        print(json.dumps(measured), flush=True)
         os._exit(0)  # (a changed drain may never finish the exit's flush)
     variants = args.variants.split(",")
     unknown = [v for v in variants if not known(v)]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(NAMED)}, interval-<ms>")
+    if "split-cpus" in variants and args.paired:
+        parser.error("split-cpus pins threads; it cannot take turns with others in one process")
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for i in range(args.processes):
-        for variant in variants if i % 2 == 0 else variants[::-1]:
-            command = [sys.executable, __file__, "--child", variant, str(i),
-                       "--calls", str(args.calls), "--warmup", str(args.warmup)]
+        ordered = variants if i % 2 == 0 else variants[::-1]
+        groups = [ordered] if args.paired else [[v] for v in ordered]
+        for group in groups:
+            command = [sys.executable, __file__, "--child", ",".join(group), str(i),
+                       "--calls", str(args.calls), "--warmup", str(args.warmup),
+                       "--paired", str(args.paired)]
             if args.cpus is not None:
                 command = ["taskset", "-c", args.cpus, *command]
             with tempfile.TemporaryDirectory() as home:
@@ -172,9 +230,11 @@ def main() -> None:
                                       capture_output=True, text=True, check=False)
             if done.returncode:
                 raise SystemExit(done.stderr[-3000:])
-            added = json.loads(done.stdout.strip().splitlines()[-1])
-            results[variant].append(added)
-            print(f"{i:3d} {variant:14s}", " ".join(f"{k}={v:5.1f}" for k, v in added.items()), flush=True)
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            for variant, added in measured.items():
+                results[variant].append(added)
+                print(f"{i:3d} {variant:14s}", " ".join(f"{k}={v:5.1f}" for k, v in added.items()),
+                      flush=True)
     print(f"\nadded p50 (us), medians over {args.processes} processes per variant")
     for variant, runs in results.items():
         above = [r["jevons"] - r["python-floor"] for r in runs]
@@ -182,6 +242,15 @@ def main() -> None:
         medians = " ".join(f"{k}={statistics.median(r[k] for r in runs):5.1f}" for k in runs[0])
         print(f"{variant:14s}", medians,
               f"| jevons - python-floor: median {q2:+.1f} (quartiles {q1:+.1f} .. {q3:+.1f})")
+    if args.paired and len(variants) > 1:
+        first = variants[0]
+        print(f"\npaired within each process, jevons minus python-floor against {first}'s:")
+        for variant in variants[1:]:
+            gains = [(r["jevons"] - r["python-floor"]) - (f["jevons"] - f["python-floor"])
+                     for r, f in zip(results[variant], results[first], strict=True)]
+            lower = sum(g < 0 for g in gains)
+            print(f"{variant:14s} median {statistics.median(gains):+.1f} us, "
+                  f"lower in {lower} of {len(gains)} processes")
 
 
 if __name__ == "__main__":
