@@ -416,8 +416,11 @@ def test_a_busy_caller_lends_the_gil_to_a_starved_drain(tmp_path: Path, path: st
             appended += 1
         stats = store.stats()
         assert appended > 200
-        assert stats["lends"] >= 2
-        # with the lend ~95% were committed before the loop ended; without it 0-35% (measured)
+        # with the lend ~95% were committed before the loop ended; without it 0-35%, measured
+        # on an idle machine, where the drain starves (without lends, session 13: 63% and 76%
+        # for append_capture; append, whose drain only commits, kept up on its own). How many
+        # lends that takes is not asserted: with other processes busy on both CPUs the
+        # scheduler's preemptions let the drain in, and 0-1 lends were counted (session 13)
         assert stats["stored"] >= appended * 4 // 5, (stats, appended)
         assert store.flush(timeout=30)
         assert store.ledger.count() == appended
