@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import MESSAGES, chat_call, make_client, percentile, python_floor, run_once
+from bench_capture import MESSAGES, client_call, make_client, percentile, python_floor, run_once
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,11 +135,8 @@ def main() -> int:
     packages = [copy_revision(None, work), *(copy_revision(rev, work) for rev in args.revs),
                 *(["jevons"] if args.installed else [])]
 
-    def call(client: Any) -> Callable[[], Any]:
-        return chat_call(client.chat.completions.create)
-
-    calls: dict[str, Callable[[], Any]] = {"unwrapped": call(make_client()),
-                                           "unwrapped-2": call(make_client())}
+    calls: dict[str, Callable[[], Any]] = {"unwrapped": client_call(make_client()),
+                                           "unwrapped-2": client_call(make_client())}
     floor = python_floor(make_client(), str(work))
     calls["python-floor"] = lambda: floor(model="gpt-4o-mini", messages=MESSAGES)
     meters: dict[str, Any] = {}
@@ -149,7 +146,7 @@ def main() -> int:
         if not type(meter.store).__module__.startswith(package + "."):
             raise SystemExit(f"{package} did not load its own store: {type(meter.store)}")
         meters[package] = meter
-        calls[package] = call(meter.wrap(make_client(), customer="acme", feature="bench"))
+        calls[package] = client_call(meter.wrap(make_client(), customer="acme", feature="bench"))
 
     run_once(calls, args.warmup, seed=-1)
     for package in packages:

@@ -202,13 +202,17 @@ def paused_drain(store: Any) -> Iterator[None]:
     if not hasattr(store, "_drain_once"):
         yield
         return
-    drain_once, limits = store._drain_once, (store._lend_bytes, store._row_cap_bytes)
+    shadowed = vars(store).get("_drain_once")  # a stand-in already there (``DrainClock``'s)
+    limits = store._lend_bytes, store._row_cap_bytes
     store._lend_bytes = store._row_cap_bytes = 1 << 40
     store._drain_once = lambda: 0
     try:
         yield
     finally:
-        store._drain_once = drain_once
+        if shadowed is None:
+            del store._drain_once  # the class's method again
+        else:
+            store._drain_once = shadowed
         store._lend_bytes, store._row_cap_bytes = limits
         store._wake.set()
 
@@ -217,6 +221,11 @@ def chat_call(create: Callable[..., Any]) -> Callable[[], Any]:
     """The call a bench times: ``create`` (a chat ``create`` method, or a wrapper standing for
     one) with the bench's model and messages."""
     return lambda: create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+def client_call(client: Any) -> Callable[[], Any]:
+    """``chat_call`` of a client's (wrapped or not) ``chat.completions.create``."""
+    return chat_call(client.chat.completions.create)
 
 
 def hot_path(meter: Any, n: int = 20000) -> tuple[float, float]:
@@ -287,11 +296,8 @@ def measure(wrapped: list[str], n: int, warmup: int, seed: int, ledger: str,
     python-floor and the wrapped clients named in ``wrapped`` ("jevons", "lago-agent-sdk"),
     interleaved. Returns the added p50/p99 of each against the unwrapped client, and for
     jevons its background work."""
-    def call(client: OpenAI) -> Callable[[], Any]:
-        return chat_call(client.chat.completions.create)
-
-    calls: dict[str, Callable[[], Any]] = {"unwrapped": call(make_client()),
-                                           "unwrapped-2": call(make_client())}
+    calls: dict[str, Callable[[], Any]] = {"unwrapped": client_call(make_client()),
+                                           "unwrapped-2": client_call(make_client())}
     if with_floor:
         floor = python_floor(make_client(), os.environ["JEVONS_HOME"])
         calls["python-floor"] = lambda: floor(model="gpt-4o-mini", messages=MESSAGES)
@@ -302,9 +308,9 @@ def measure(wrapped: list[str], n: int, warmup: int, seed: int, ledger: str,
 
         meter = Meter(ledger="memory" if ledger == "memory" else None)
         drain_clock = DrainClock(meter.store) if hasattr(meter.store, "_drain_once") else None
-        calls["jevons"] = call(meter.wrap(make_client(), customer="acme", feature="bench"))
+        calls["jevons"] = client_call(meter.wrap(make_client(), customer="acme", feature="bench"))
     if "lago-agent-sdk" in wrapped:
-        calls["lago-agent-sdk"] = call(make_lago(make_client()))
+        calls["lago-agent-sdk"] = client_call(make_lago(make_client()))
 
     run_once(calls, warmup, seed=-1 - seed)
     out: dict[str, Any] = {"p50": {}, "p99": {}}

@@ -58,10 +58,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_capture import chat_call, make_client, paused_drain, percentile, python_floor, run_once
+from bench_capture import (
+    chat_call,
+    client_call,
+    make_client,
+    paused_drain,
+    percentile,
+    python_floor,
+    run_once,
+)
 
 VARIANTS = ("default", "paused", "no-commit")
-#: every variant ``change_drain`` knows, besides ``interval-<ms>``
+#: every variant ``changed_drain`` knows, besides ``interval-<ms>``
 NAMED = (*VARIANTS, "no-build", "no-build-keep", "swap-only", "swap-keep", "split-cpus")
 
 
@@ -77,80 +85,70 @@ def known(variant: str) -> bool:
 @contextlib.contextmanager
 def changed_drain(store: Any, variant: str, last_event: Any) -> Iterator[None]:
     """A context in which the running drain of ``store`` (a ``JournaledStore``) is changed as
-    ``variant`` says; afterwards it is as shipped again and has drained what waited."""
-    restore: list[str] = []  # instance attributes that shadow the class's methods
-    interval = store._interval
-    if variant == "default":
-        pass
-    elif variant == "paused":
-        with paused_drain(store):
-            yield
-        store.flush()
-        return
-    elif variant == "no-commit":
-        store._commit = lambda rows: None
-        restore.append("_commit")
-    elif variant.startswith("interval-"):
-        store._interval = float(variant.removeprefix("interval-")) / 1000.0
-        store._wake.set()  # (the loop reads the interval after its next drain)
-    elif variant in ("no-build", "no-build-keep"):
-        from jevons.ledger.codec import index_row
+    ``variant`` says; afterwards it is as shipped again (``paused`` then also waits until what
+    waited is committed; the swap variants dropped what they took, so nothing is waited for)."""
+    with contextlib.ExitStack() as undo:
+        undo.callback(store._wake.set)  # (last: the drain starts the next block afresh)
 
-        row = index_row(last_event)
-        kept: list[Any] = []
+        def replace(name: str, stand_in: Any) -> None:
+            """Shadow the store's method ``name`` on the instance, for this context."""
+            setattr(store, name, stand_in)
+            undo.callback(delattr, store, name)
 
-        def materialize(pending: Any) -> Any:
-            if variant == "no-build-keep":
-                kept.append(pending)
-            return row
+        if variant == "default":
+            pass
+        elif variant == "paused":
+            undo.callback(store.flush)  # (runs after the pause is lifted)
+            undo.enter_context(paused_drain(store))
+        elif variant == "no-commit":
+            replace("_commit", lambda rows: None)
+        elif variant.startswith("interval-"):
+            undo.callback(setattr, store, "_interval", store._interval)
+            store._interval = float(variant.removeprefix("interval-")) / 1000.0
+            store._wake.set()  # (the loop reads the interval after its next drain)
+        elif variant in ("no-build", "no-build-keep"):
+            from jevons.ledger.codec import index_row
 
-        store._materialize = materialize
-        restore.append("_materialize")
-    elif variant in ("swap-only", "swap-keep"):
-        taken_all: list[Any] = []
+            row = index_row(last_event)
+            kept: list[Any] = []
 
-        def swap_only() -> int:
-            with store._lock:
-                taken, store._rows = store._rows, []
-                store._kept_bytes = 0
-            if variant == "swap-keep":
-                taken_all.append(taken)
-            return len(taken)
+            def materialize(pending: Any) -> Any:
+                if variant == "no-build-keep":
+                    kept.append(pending)
+                return row
 
-        store._drain_once = swap_only
-        restore.append("_drain_once")
-    elif variant == "split-cpus":
-        everywhere = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {0})  # (0: the calling thread)
-        drain_once = store._drain_once
-        placed = False
+            replace("_materialize", materialize)
+        elif variant in ("swap-only", "swap-keep"):
+            taken_all: list[Any] = []
 
-        def drain_on_cpu_1() -> int:
-            nonlocal placed
-            if not placed:
-                os.sched_setaffinity(0, {1})  # the drain thread, on its next cycle
-                placed = True
-            return int(drain_once())
+            def swap_only() -> int:
+                with store._lock:
+                    taken, store._rows = store._rows, []
+                    store._kept_bytes = 0
+                if variant == "swap-keep":
+                    taken_all.append(taken)
+                return len(taken)
 
-        store._drain_once = drain_on_cpu_1
-        try:
-            yield
-        finally:
-            del store._drain_once
-            os.sched_setaffinity(0, everywhere)
-            os.sched_setaffinity(store._thread.native_id, everywhere)
-        return
-    else:
-        raise SystemExit(f"unknown variant {variant!r}")
-    try:
+            replace("_drain_once", swap_only)
+        elif variant == "split-cpus":
+            everywhere = os.sched_getaffinity(0)
+            undo.callback(lambda: os.sched_setaffinity(store._thread.native_id, everywhere))
+            undo.callback(os.sched_setaffinity, 0, everywhere)
+            os.sched_setaffinity(0, {0})  # (0: the calling thread)
+            drain_once = store._drain_once
+            placed = False
+
+            def drain_on_cpu_1() -> int:
+                nonlocal placed
+                if not placed:
+                    os.sched_setaffinity(0, {1})  # the drain thread, on its next cycle
+                    placed = True
+                return int(drain_once())
+
+            replace("_drain_once", drain_on_cpu_1)
+        else:
+            raise SystemExit(f"unknown variant {variant!r}")
         yield
-    finally:
-        for name in restore:
-            delattr(store, name)
-        store._interval = interval
-        store._wake.set()
-    # (swap variants dropped rows: their bytes count as drained by nothing; a flush would
-    # wait for them, so none is asked for here)
 
 
 def measure(variants: list[str], calls: int, warmup: int, seed: int,
@@ -171,10 +169,9 @@ def measure(variants: list[str], calls: int, warmup: int, seed: int,
     floor = python_floor(make_client(), os.environ["JEVONS_HOME"])
     meter = Meter()
     wrapped = meter.wrap(make_client(), customer="acme", feature="bench")
-    clients = {"unwrapped": chat_call(make_client().chat.completions.create),
-               "unwrapped-2": chat_call(make_client().chat.completions.create),
+    clients = {"unwrapped": client_call(make_client()), "unwrapped-2": client_call(make_client()),
                "forward": chat_call(forward), "python-floor": chat_call(floor),
-               "jevons": chat_call(wrapped.chat.completions.create)}
+               "jevons": client_call(wrapped)}
     run_once(clients, warmup, seed=-1 - seed)
     last_event = meter.events()[-1]  # (flushes: the warm-up's events are built and committed)
     times: dict[str, dict[str, list[int]]] = {v: {name: [] for name in clients} for v in variants}
