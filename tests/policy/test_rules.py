@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from decimal import Decimal as D
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +99,25 @@ def test_share_is_exact_for_all_or_nothing_and_safe_on_zero() -> None:
 def test_param_refuses_floats_in_exact_mode() -> None:
     with pytest.raises(TypeError):
         R.param(0.1, like=D(1))
+
+
+def test_a_meter_and_its_policy_engine_do_not_import_numpy(tmp_path: Path) -> None:
+    """numpy is the simulator's and the batch rater's: a process that only meters calls (every
+    ``Meter`` loads the policy engine, which rates with these rules in Decimal) must not pay
+    its import time nor start OpenBLAS's threads. A fresh interpreter, since this one has it."""
+    code = ("import sys, jevons\n"
+            "m = jevons.Meter(ledger='memory')\n"
+            "m.record(model='gpt-4o-mini', provider='openai', customer='acme',\n"
+            "         usage=jevons.Usage(input_tokens=10, output_tokens=5))\n"
+            "m.close()\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'numpy'))\n")
+    env = {**os.environ, "JEVONS_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_array_branches_still_work_once_numpy_is_loaded() -> None:
+    assert not R.is_array(D(1)) and R.is_array(np.float64(1.0)) and R.is_array(np.zeros(2))
+    assert R.maximum(np.asarray([1.0, 5.0]), R.param(D(3), like=np.zeros(2))).tolist() == [3.0, 5.0]
+    assert R.zero(np.ones(3)).tolist() == [0.0, 0.0, 0.0]
+    assert R.share(np.asarray([10.0]), np.asarray([1.0]), np.asarray([4.0])).tolist() == [2.5]

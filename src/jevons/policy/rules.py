@@ -86,16 +86,27 @@ model if the mix matters), otherwise it is a lower bound of the per-event result
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Context, Decimal, localcontext
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-_np: Any = np  # numpy called through Any: the shim's Decimal branch never reaches it
+    FloatArray = npt.NDArray[np.float64]
+    Cond = bool | npt.NDArray[np.bool_]
+
+
+def _numpy() -> Any:
+    """numpy, called through Any, for the array branches of the rules: reached only when an
+    argument is an array, so numpy is already imported. Why not imported at the top: the
+    Decimal path (every ``Meter`` with a policy, i.e. every ``Meter``) never needs it, and
+    importing it costs a process some 50-90 ms and OpenBLAS's worker threads."""
+    return sys.modules["numpy"]
 
 __all__ = [
     "INF",
@@ -138,11 +149,9 @@ __all__ = [
     "zero",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-Num = TypeVar("Num", Decimal, FloatArray)
+Num = TypeVar("Num", Decimal, "FloatArray")
 """The number type of one rule call: exact ``Decimal`` scalars or float64 arrays."""
 
-Cond = bool | npt.NDArray[np.bool_]
 AllowanceUnit = Literal["usd_charge", "usd_cost", "tokens"]
 
 MTOK = Decimal(1_000_000)
@@ -171,14 +180,15 @@ def rating_context() -> Iterator[Context]:
 
 
 def is_array(x: object) -> bool:
-    return isinstance(x, np.ndarray | np.floating)
+    np_ = sys.modules.get("numpy")  # not imported: nothing can be an array
+    return np_ is not None and isinstance(x, np_.ndarray | np_.floating)
 
 
 def param(value: Decimal | float | int, *, like: Num) -> Num:
     """A policy constant in the number type of ``like``: itself for Decimals, else a 0-d float
     array (broadcasts against any array)."""
     if is_array(like):
-        return cast(Num, _np.asarray(float(value), dtype=np.float64))
+        return cast(Num, _numpy().asarray(float(value), dtype="float64"))
     if isinstance(value, float):
         raise TypeError("param: a float is not an exact Decimal policy value")
     out: Any = value if isinstance(value, Decimal) else Decimal(value)
@@ -187,26 +197,26 @@ def param(value: Decimal | float | int, *, like: Num) -> Num:
 
 def zero(like: Num) -> Num:
     if is_array(like):
-        return cast(Num, _np.zeros_like(like, dtype=np.float64))
+        return cast(Num, _numpy().zeros_like(like, dtype="float64"))
     out: Any = Decimal(0)
     return cast(Num, out)
 
 
 def maximum(a: Num, b: Num) -> Num:
     if is_array(a) or is_array(b):
-        return cast(Num, _np.maximum(a, b))
+        return cast(Num, _numpy().maximum(a, b))
     return a if a >= b else b
 
 
 def minimum(a: Num, b: Num) -> Num:
     if is_array(a) or is_array(b):
-        return cast(Num, _np.minimum(a, b))
+        return cast(Num, _numpy().minimum(a, b))
     return a if a <= b else b
 
 
 def where(cond: Cond, a: Num, b: Num) -> Num:
     if is_array(cond) or is_array(a) or is_array(b):
-        return cast(Num, _np.where(cond, a, b))
+        return cast(Num, _numpy().where(cond, a, b))
     return a if cond else b
 
 
@@ -221,9 +231,10 @@ def share(total: Num, part: Num, whole: Num) -> Num:
     wholly beyond a limit); otherwise one division (rounded at 80 digits in Decimal).
     ``whole == 0`` gives 0."""
     if is_array(total) or is_array(part) or is_array(whole):
-        w: Any = _np.asarray(whole, dtype=np.float64)
-        safe = _np.where(w != 0, w, 1.0)
-        out: Any = _np.where(part == whole, total, _np.where(w != 0, total * part / safe, 0.0))
+        np_ = _numpy()
+        w: Any = np_.asarray(whole, dtype="float64")
+        safe = np_.where(w != 0, w, 1.0)
+        out: Any = np_.where(part == whole, total, np_.where(w != 0, total * part / safe, 0.0))
         return cast(Num, out)
     if part == whole:
         return total
@@ -282,6 +293,8 @@ def token_list_numerators(
     :func:`token_list_charge`."""
     digits = max(0, *(-int(r.normalize().as_tuple().exponent) for r in usd_per_mtok.values()))
     ints = {d: int(r.scaleb(digits)) for d, r in usd_per_mtok.items()}
+    import numpy as np  # (the batch rater's: numpy is loaded)
+
     most = sum(int(np.max(c, initial=0)) * abs(ints[d]) for d, c in buckets.items())
     kind: Any = np.int64 if most < 2**62 else object  # Python ints when int64 could overflow
     total: Any = 0
