@@ -79,6 +79,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from contextvars import ContextVar
@@ -308,48 +309,82 @@ def _retrying(call: Any) -> None:
 _RETRY_PARAMETERS = frozenset({"retries_taken", "max_retries", "options", "response"})
 
 
-def install_retry_hook(sdk_client: Any) -> bool:
-    """See the SDK's own retries on a Stainless-generated client (``openai``, ``anthropic``):
-    its request loop calls ``self._sleep_for_retry(..., response=<failed response or None>)``
-    once for each failed attempt it retries, so a hook there records every retried attempt,
-    with its HTTP status, at no cost to a call that is not retried (the httpx event hooks of
-    ``install_attempt_hooks`` run on every request: 4-7 us of a metered call's added
-    latency, measured). Patched on this client instance only. False when the client has no
-    such method, or one whose keyword arguments differ (an SDK version that changed it):
-    install the httpx hooks instead. False too for a client with middleware (``middleware=``
-    of the Anthropic SDK): a middleware may send a request again without that method (the SDK's
-    refusal fallback does), and only the httpx hooks see every request."""
-    sleep = getattr(sdk_client, "_sleep_for_retry", None)
-    if sleep is None or not callable(sleep) or getattr(sdk_client, "_middleware", None):
-        return False
-    if getattr(sleep, "_jevons_retry_hook", False):
-        return True
-    try:
-        parameters = set(inspect.signature(sleep).parameters)
-    except (TypeError, ValueError):
-        return False
-    if parameters != _RETRY_PARAMETERS:
-        return False
+#: the SDK clients whose retries the hook on their class reports (``install_retry_hook``)
+_RETRY_WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()
+_CLASS_HOOKS_LOCK = threading.Lock()
+
+
+def _retry_hook(sleep: Callable[..., Any]) -> Callable[..., Any]:
+    """``sleep`` (a Stainless client class's ``_sleep_for_retry``) reporting each retry of a
+    watched client's call in flight (``_on_retry`` / ``_retrying``); any other client of the
+    class passes straight through."""
     if inspect.iscoroutinefunction(sleep):
 
-        async def asleep_for_retry(**kwargs: Any) -> Any:
+        @functools.wraps(sleep)
+        async def asleep_for_retry(self: Any, **kwargs: Any) -> Any:
+            if self not in _RETRY_WATCHED:
+                return await sleep(self, **kwargs)
             call = _on_retry(kwargs.get("response"))
-            result = await sleep(**kwargs)
+            result = await sleep(self, **kwargs)
             _retrying(call)
             return result
 
         hook: Callable[..., Any] = asleep_for_retry
     else:
 
-        def sleep_for_retry(**kwargs: Any) -> Any:
+        @functools.wraps(sleep)
+        def sleep_for_retry(self: Any, **kwargs: Any) -> Any:
+            if self not in _RETRY_WATCHED:
+                return sleep(self, **kwargs)
             call = _on_retry(kwargs.get("response"))
-            result = sleep(**kwargs)
+            result = sleep(self, **kwargs)
             _retrying(call)
             return result
 
         hook = sleep_for_retry
     hook._jevons_retry_hook = True  # type: ignore[attr-defined]
-    patch_method(sdk_client, "_sleep_for_retry", hook)
+    return hook
+
+
+def install_retry_hook(sdk_client: Any) -> bool:
+    """See the SDK's own retries on a Stainless-generated client (``openai``, ``anthropic``):
+    its request loop calls ``self._sleep_for_retry(..., response=<failed response or None>)``
+    once for each failed attempt it retries, so a hook there records every retried attempt,
+    with its HTTP status, at no cost to a call that is not retried (the httpx event hooks of
+    ``install_attempt_hooks`` run on every request: 4-7 us of a metered call's added
+    latency, measured).
+
+    The hook is set once on the client's class, and reports only for the clients passed here
+    (a weak set); for any other client of the class it only calls the SDK's method. Why on the
+    class: a name set on one instance takes one of the class's shared attribute keys (at most
+    30 in CPython 3.11, the client's own use two dozen); past them the instance's ``__dict__``
+    becomes a table of its own, and the SDK's method lookups, specialized for the process's
+    other clients of the class, fall back to generic ones on every call of this one (measured
+    in session 14 with callgrind: ~180 a chat call, and most of the data-cache misses jevons
+    added above python-floor).
+
+    False when the client has no such method, or one whose keyword arguments differ (an SDK
+    version that changed it), or one of its own on the instance: install the httpx hooks
+    instead. False too for a client with middleware (``middleware=`` of the Anthropic SDK): a
+    middleware may send a request again without that method (the SDK's refusal fallback
+    does), and only the httpx hooks see every request."""
+    sleep = getattr(sdk_client, "_sleep_for_retry", None)
+    if sleep is None or not callable(sleep) or getattr(sdk_client, "_middleware", None):
+        return False
+    if "_sleep_for_retry" in getattr(sdk_client, "__dict__", {}):
+        return False  # (set on this instance by someone else: the class's hook would not run)
+    cls = type(sdk_client)
+    with _CLASS_HOOKS_LOCK:
+        current = getattr(cls, "_sleep_for_retry", None)
+        if not getattr(current, "_jevons_retry_hook", False):
+            try:
+                parameters = set(inspect.signature(sleep).parameters)
+            except (TypeError, ValueError):
+                return False
+            if parameters != _RETRY_PARAMETERS or not callable(current):
+                return False
+            type.__setattr__(cls, "_sleep_for_retry", _retry_hook(current))
+        _RETRY_WATCHED.add(sdk_client)
     return True
 
 
