@@ -359,6 +359,21 @@ def test_beta_messages_are_metered(client: anthropic.Anthropic, meter: Meter, re
     assert only_event(meter).usage == CASES["messages_cache_1h"][0]
 
 
+def test_the_wrapped_copy_has_the_attributes_of_any_client(meter: Meter, replay: ReplayServer) -> None:
+    # jevons' hooks are on the SDK's classes, inert for clients it did not wrap: the copy gets
+    # no names of its own (see the OpenAI test of the same name for why that matters)
+    replay.on(PATH, "anthropic/messages_basic")
+    raw = anthropic.Anthropic(api_key="test-key", base_url=replay.url, max_retries=1)
+    client = meter.wrap(raw, customer="acme")
+    assert set(vars(client)) == set(vars(raw))
+    for c in (raw, client):
+        c.messages.create(**ASK)
+        c.beta.messages.create(**ASK)
+        c.with_options(timeout=5).messages.create(**ASK)
+    assert set(vars(client)) == set(vars(raw))
+    assert [e.customer for e in meter.events()] == ["acme", "acme", "acme"]
+
+
 def test_stream_helper_closed_unread_still_records_the_request(
     client: anthropic.Anthropic, meter: Meter, replay: ReplayServer
 ) -> None:

@@ -25,7 +25,10 @@ copy builds its own) and replace methods on the copy's resource objects with ins
 attributes (``patch_method``), so the caller's original client stays unmetered and two wraps of
 one client with different attribution do not interfere. The SDK's own stream objects are kept:
 ``patch_stream`` swaps the stream's internal iterator for an observing one.
-``rewrapping`` keeps the client's own ``copy`` / ``with_options`` metered.
+On Stainless SDKs (OpenAI, Anthropic) the copy gets no names of its own: ``register_wrapped``
+records it, and hooks set once on the SDK's classes (``hook_resource`` for its cached
+resources, ``hook_copies``, ``install_retry_hook``) meter what a registered client does and
+leave every other client of the class alone (why: ``MeteredResource``).
 
 Wrapping a method: ``instrument(meter, bound_method, spec, attribution, provider,
 is_async=...)`` returns the metered function (``is_async`` is detected when omitted, but SDKs
@@ -100,26 +103,33 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTER_MODULES",
+    "WRAPPED",
     "Adapter",
     "FieldSnapshot",
     "FoldedUsage",
     "MethodSpec",
     "StreamAccumulator",
+    "Wrapped",
     "aiterate_in_call",
     "awaited_with_bundle",
+    "client_itself",
+    "client_of_resource",
     "find_adapter",
     "fresh_copy",
+    "hook_copies",
+    "hook_resource",
     "install_attempt_hooks",
     "install_retry_hook",
     "instrument",
     "iterate_in_call",
+    "meter_resource",
     "observe_async",
     "observe_sync",
     "patch_method",
     "patch_stream",
     "record_attempts",
     "register_adapter",
-    "rewrapping",
+    "register_wrapped",
     "snapshot_fields",
     "watch_retries",
 ]
@@ -742,16 +752,127 @@ def snapshot_fields(*names: str, model: str | None = None) -> FieldSnapshot:
     return FieldSnapshot(*names, extras_of=model)
 
 
-def rewrapping(original: Callable[..., Any], adapter: Adapter, meter: Meter, attribution: Attribution,
-               provider: str | None) -> Callable[..., Any]:
-    """``original`` (a client's ``copy`` / ``with_options``) whose result is metered too, with
-    the same attribution and provider: patch it on the wrapped copy with ``patch_method``."""
+@dataclass(frozen=True)
+class Wrapped:
+    """A client an adapter's ``wrap`` returned, as the hooks on its SDK's classes see it
+    (``WRAPPED``): ``setup`` is what the adapter meters its resources with."""
+
+    adapter: Adapter
+    meter: Meter
+    original: Any  # the client it copies (wrapping a wrapped client re-wraps this one)
+    attribution: Attribution
+    provider: str | None  # as passed to ``wrap``
+    setup: Any
+
+
+#: every client an adapter's ``wrap`` returned and registered (``register_wrapped``)
+WRAPPED: weakref.WeakKeyDictionary[Any, Wrapped] = weakref.WeakKeyDictionary()
+#: the resources already metered: a resource is made once per client, but two threads may
+#: both find it new
+_METERED_RESOURCES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_wrapped(client: Any, wrapped: Wrapped) -> None:
+    """Register a wrapped copy (before any of its resources is used), and set the hooks of its
+    class's ``copy`` / ``with_options`` (``hook_copies``)."""
+    WRAPPED[client] = wrapped
+    hook_copies(type(client))
+
+
+def meter_resource(resource: Any, client: Any, meter_it: Callable[[Any, Wrapped], None]) -> None:
+    """Meter ``resource`` (one of ``client``'s) with ``meter_it`` if ``client`` is a wrapped
+    one, once. A failure is counted and leaves the resource unmetered: the client works on."""
+    w = WRAPPED.get(client)
+    if w is None:
+        return
+    with _CLASS_HOOKS_LOCK:
+        if resource in _METERED_RESOURCES:
+            return
+        _METERED_RESOURCES.add(resource)
+    try:
+        meter_it(resource, w)
+    except Exception as exc:
+        w.meter._error(exc, "wrap")
+
+
+def client_itself(client: Any) -> Any:
+    return client
+
+
+def client_of_resource(resource: Any) -> Any:
+    """The client of a Stainless resource (``client.chat`` for ``client.chat.completions``)."""
+    return getattr(resource, "_client", None)
+
+
+class MeteredResource(functools.cached_property[Any]):
+    """A client class's cached resource (``client.responses``, ``client.chat.completions``...)
+    whose methods are metered when it is made for a wrapped client (``WRAPPED``): set once on
+    the SDK's class in place of its own ``cached_property`` (``hook_resource``), it does what
+    that did, then meters the new resource (``meter_resource``). A client jevons did not wrap
+    gets the SDK's resource unchanged; and since a cached resource is read from the instance's
+    ``__dict__`` once made, no call pays for this.
+
+    Why not patch the wrapped copy's resources as it is made (as before session 14): the copy
+    then held every resource, used or not, and jevons' other names, more than the 30 shared
+    attribute keys CPython 3.11 gives a class's instances; its ``__dict__`` became a table of
+    its own, and the SDK's method lookups, specialized for the process's other clients of the
+    class, fell back to generic ones on each of its calls (see ``install_retry_hook``)."""
+
+    def __init__(self, original: functools.cached_property[Any], client_of: Callable[[Any], Any],
+                 meter_it: Callable[[Any, Wrapped], None]) -> None:
+        super().__init__(original.func)
+        self.attrname = original.attrname
+        self.__doc__ = original.__doc__
+        self.original = original
+        self.client_of = client_of
+        self.meter_it = meter_it
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        value = super().__get__(instance, owner)
+        if instance is not None:
+            meter_resource(value, self.client_of(instance), self.meter_it)
+        return value
+
+
+def hook_resource(owner: type[Any], name: str, client_of: Callable[[Any], Any],
+                  meter_it: Callable[[Any, Wrapped], None]) -> bool:
+    """Set a ``MeteredResource`` for ``owner.name`` (once; ``client_of(instance)``: the client an
+    instance of ``owner`` belongs to). False: ``name`` is no cached resource there (another
+    SDK version, or made in ``__init__``): meter the wrapped copy's own with ``meter_resource``."""
+    with _CLASS_HOOKS_LOCK:
+        current = inspect.getattr_static(owner, name, None)
+        if isinstance(current, MeteredResource):
+            if name in vars(owner):
+                return True
+            current = current.original  # (a subclass gets a hook of its own)
+        if type(current) is not functools.cached_property:
+            return False
+        type.__setattr__(owner, name, MeteredResource(current, client_of, meter_it))
+    return True
+
+
+def _copy_hook(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original`` (a client class's ``copy`` / ``with_options``), whose copy of a wrapped
+    client is wrapped too, with the same meter, attribution and provider."""
 
     @functools.wraps(original)
-    def copy_metered(*args: Any, **kwargs: Any) -> Any:
-        return adapter.wrap(meter, original(*args, **kwargs), attribution, provider)
+    def copy_metered(self: Any, *args: Any, **kwargs: Any) -> Any:
+        new = original(self, *args, **kwargs)
+        w = WRAPPED.get(self)
+        return new if w is None else w.adapter.wrap(w.meter, new, w.attribution, w.provider)
 
+    copy_metered._jevons_copy_hook = True  # type: ignore[attr-defined]
     return copy_metered
+
+
+def hook_copies(cls: type[Any]) -> None:
+    """Keep the copies a wrapped client makes of itself (``copy`` / ``with_options`` of
+    Stainless clients) metered: hooked once on ``cls``, inert for clients not wrapped."""
+    with _CLASS_HOOKS_LOCK:
+        for name in ("copy", "with_options"):
+            current = getattr(cls, name, None)
+            if callable(current) and not getattr(current, "_jevons_copy_hook", False):
+                type.__setattr__(cls, name, _copy_hook(current))
 
 
 # ---------------------------------------------------------------------- streams

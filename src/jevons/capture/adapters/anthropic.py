@@ -30,6 +30,7 @@ model name inside the reply (``claude-...`` without the Bedrock id) is not used 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -38,12 +39,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture.adapters import (
     MethodSpec,
+    Wrapped,
+    client_itself,
+    client_of_resource,
     fresh_copy,
+    hook_resource,
     instrument,
+    meter_resource,
     patch_method,
     patch_stream,
     register_adapter,
-    rewrapping,
+    register_wrapped,
     snapshot_fields,
     watch_retries,
 )
@@ -367,26 +373,56 @@ class AnthropicAdapter:
         prov = provider or self.provider
         call_spec, deferred_spec = _specs(prov, self.extractor, self.region(client))
         new = fresh_copy(client)
-        retries_hooked = watch_retries(new)
-        w: Any = new
-        resources = [getattr(w, "messages", None), getattr(getattr(w, "beta", None), "messages", None)]
-        for resource in resources:
-            if resource is None:
-                continue
-            for name in ("create", "parse"):
-                original = getattr(resource, name, None)
-                if callable(original):
-                    patch_method(resource, name, instrument(meter, original, call_spec, attribution, prov,
-                                                            retries_hooked=retries_hooked))
-            original_stream = getattr(resource, "stream", None)
-            if callable(original_stream):
-                patch_method(resource, "stream", _metered_stream_helper(
-                    meter, original_stream, deferred_spec, attribution, prov))
-        for name in ("copy", "with_options"):
-            original_copy = getattr(w, name, None)
-            if callable(original_copy):
-                patch_method(w, name, rewrapping(original_copy, self, meter, attribution, provider))
+        setup = _Setup(prov, call_spec, deferred_spec, watch_retries(new))
+        register_wrapped(new, Wrapped(self, meter, client, attribution, provider, setup))
+        # ``messages`` is a cached resource of ``Anthropic``, made in ``__init__`` by
+        # ``AnthropicBedrock`` (``fresh_copy`` made the copy its own): hooked on the class, or
+        # metered on the copy
+        if not hook_resource(type(new), "messages", client_itself, _meter_messages):
+            messages = getattr(new, "messages", None)
+            if messages is not None:
+                meter_resource(messages, new, _meter_messages)
+        # ``beta`` likewise (``AnthropicBedrock``'s is a class of its own), and its ``messages``
+        beta_classes: list[type[Any]] = []
+        if isinstance(inspect.getattr_static(type(new), "beta", None), functools.cached_property):
+            with contextlib.suppress(ImportError):
+                from anthropic.resources.beta import AsyncBeta, Beta
+
+                beta_classes = [Beta, AsyncBeta]
+        else:
+            own_beta = getattr(new, "beta", None)
+            beta_classes = [] if own_beta is None else [type(own_beta)]
+        hooked = [hook_resource(cls, "messages", client_of_resource, _meter_messages) for cls in beta_classes]
+        if not (hooked and all(hooked)):
+            beta_messages = getattr(getattr(new, "beta", None), "messages", None)
+            if beta_messages is not None:
+                meter_resource(beta_messages, new, _meter_messages)
         return new
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a wrapped client's ``messages`` are metered with (``Wrapped.setup``)."""
+
+    prov: str
+    call_spec: MethodSpec
+    deferred_spec: MethodSpec
+    retries_hooked: bool
+
+
+def _meter_messages(resource: Any, w: Wrapped) -> None:
+    """Meter a wrapped client's ``messages`` (or ``beta.messages``): ``create`` and ``parse``,
+    and the ``stream()`` helper."""
+    setup: _Setup = w.setup
+    for name in ("create", "parse"):
+        original = getattr(resource, name, None)
+        if callable(original):
+            patch_method(resource, name, instrument(w.meter, original, setup.call_spec, w.attribution,
+                                                    setup.prov, retries_hooked=setup.retries_hooked))
+    original_stream = getattr(resource, "stream", None)
+    if callable(original_stream):
+        patch_method(resource, "stream", _metered_stream_helper(
+            w.meter, original_stream, setup.deferred_spec, w.attribution, setup.prov))
 
 
 class AnthropicBedrockAdapter(AnthropicAdapter):

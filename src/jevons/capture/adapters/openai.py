@@ -16,7 +16,8 @@ On streamed chat completions the adapter asks for the usage chunk
 A stream that ends without a usage block, or is broken off or abandoned, is recorded with what
 is known (output tokens estimated from the content chunks received) and flagged incomplete.
 
-SDK retries: the wrapped copy's ``_sleep_for_retry`` is hooked (``adapters.install_retry_hook``;
+SDK retries: the client class's ``_sleep_for_retry`` is hooked, reporting for wrapped clients
+only (``adapters.install_retry_hook``;
 an SDK version without it gets httpx event hooks, ``adapters.install_attempt_hooks``), so each
 attempt the SDK retries is seen and recorded as an ``error`` event with its attempt number.
 
@@ -30,21 +31,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import threading
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jevons.capture.adapters import (
+    WRAPPED,
     MethodSpec,
+    Wrapped,
     awaited_with_bundle,
+    client_itself,
+    client_of_resource,
     fresh_copy,
+    hook_resource,
     instrument,
+    meter_resource,
     patch_method,
     patch_stream,
     register_adapter,
+    register_wrapped,
     snapshot_fields,
     watch_retries,
 )
@@ -467,149 +473,54 @@ def _metered_stream_helper(
 
 
 @dataclass(frozen=True)
-class _Wrapped:
-    """What a wrapped client's resources are metered with (``_WRAPPED``): the arguments of
-    ``meter.wrap`` and what the adapter derived from them."""
+class _Setup:
+    """What a wrapped client's resources are metered with (``Wrapped.setup``)."""
 
-    meter: Meter
-    original: Any  # the client it copies (wrapping a wrapped client re-wraps this one)
-    attribution: Attribution
-    provider: str | None  # as passed to ``wrap``
-    prov: str  # resolved
+    prov: str
     extractor: str
     is_async: bool
     retries_hooked: bool
 
 
-#: every client ``OpenAIAdapter.wrap`` returned -> how its resources are metered
-_WRAPPED: weakref.WeakKeyDictionary[Any, _Wrapped] = weakref.WeakKeyDictionary()
-#: the resources already metered (a resource is made once per client, but two threads may
-#: both find it new)
-_METERED_RESOURCES: weakref.WeakSet[Any] = weakref.WeakSet()
-_LOCK = threading.Lock()
-
-
-def _meter_method(w: _Wrapped, resource: Any, name: str, spec: MethodSpec) -> Callable[..., Any] | None:
+def _meter_method(w: Wrapped, resource: Any, name: str, spec: MethodSpec) -> Callable[..., Any] | None:
     original = getattr(resource, name, None)
     if original is None:
         return None
-    fn = instrument(w.meter, original, replace(spec, provider=w.prov, extractor=w.extractor),
-                    w.attribution, w.prov, is_async=w.is_async, retries_hooked=w.retries_hooked)
+    setup: _Setup = w.setup
+    fn = instrument(w.meter, original, replace(spec, provider=setup.prov, extractor=setup.extractor),
+                    w.attribution, setup.prov, is_async=setup.is_async, retries_hooked=setup.retries_hooked)
     patch_method(resource, name, fn)
     return fn
 
 
-def _meter_chat_completions(resource: Any, w: _Wrapped) -> None:
+def _meter_chat_completions(resource: Any, w: Wrapped) -> None:
     create = _meter_method(w, resource, "create", CHAT)
     _meter_method(w, resource, "parse", CHAT_PARSE)
     if create is not None and hasattr(resource, "stream"):
         patch_method(resource, "stream", _metered_stream_helper(w.meter, resource.stream, create))
 
 
-def _meter_responses(resource: Any, w: _Wrapped) -> None:
+def _meter_responses(resource: Any, w: Wrapped) -> None:
     create = _meter_method(w, resource, "create", RESPONSES)
     _meter_method(w, resource, "parse", RESPONSES_PARSE)
     if create is not None and hasattr(resource, "stream"):
         patch_method(resource, "stream", _metered_stream_helper(w.meter, resource.stream, create))
 
 
-def _meter_completions(resource: Any, w: _Wrapped) -> None:
+def _meter_completions(resource: Any, w: Wrapped) -> None:
     _meter_method(w, resource, "create", COMPLETIONS)
 
 
-def _meter_embeddings(resource: Any, w: _Wrapped) -> None:
+def _meter_embeddings(resource: Any, w: Wrapped) -> None:
     _meter_method(w, resource, "create", EMBEDDINGS)
 
 
-def _meter_resource(resource: Any, client: Any, meter_it: Callable[[Any, _Wrapped], None]) -> None:
-    """Meter ``resource`` (just made for ``client``) if ``client`` is a wrapped one, once."""
-    w = _WRAPPED.get(client)
-    if w is None:
-        return
-    with _LOCK:
-        if resource in _METERED_RESOURCES:
-            return
-        _METERED_RESOURCES.add(resource)
-    try:
-        meter_it(resource, w)
-    except Exception as exc:  # (unmetered, counted: the client keeps working)
-        w.meter._error(exc, "wrap")
-
-
-class _MeteredResource(functools.cached_property[Any]):
-    """A client class's cached resource (``client.responses``, ``client.chat.completions``...)
-    whose methods are metered when it is made for a wrapped client (``_WRAPPED``): set once on
-    the SDK's class in place of its own ``cached_property``, it does what that did, then meters
-    the new resource. A client jevons did not wrap gets the SDK's resource, unchanged; and
-    since a cached resource is read from the instance's ``__dict__`` after its first use, no
-    call pays for this.
-
-    Why not patch the wrapped copy's resources as it is made, as before: the copy then held
-    every resource, used or not, and with jevons' other names more than the 30 shared
-    attribute keys CPython 3.11 gives a class's instances; its ``__dict__`` became a table of
-    its own, and the SDK's method lookups, specialized for the process's other clients, fell
-    back to generic ones on each of its calls (``adapters.install_retry_hook`` says more)."""
-
-    def __init__(self, original: functools.cached_property[Any], client_of: Callable[[Any], Any],
-                 meter_it: Callable[[Any, _Wrapped], None]) -> None:
-        super().__init__(original.func)
-        self.attrname = original.attrname
-        self.__doc__ = original.__doc__
-        self.original = original
-        self.client_of = client_of
-        self.meter_it = meter_it
-
-    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
-        value = super().__get__(instance, owner)
-        if instance is not None:
-            _meter_resource(value, self.client_of(instance), self.meter_it)
-        return value
-
-
-def _itself(client: Any) -> Any:
-    return client
-
-
-def _client_of(resource: Any) -> Any:
-    return getattr(resource, "_client", None)
-
-
-def _hook_resource(owner: type[Any], name: str, client_of: Callable[[Any], Any],
-                   meter_it: Callable[[Any, _Wrapped], None]) -> bool:
-    """Set ``_MeteredResource`` for ``owner.name`` (once); False: not a cached resource there
-    (another SDK version), to be metered on the wrapped copy directly."""
-    with _LOCK:
-        current = inspect.getattr_static(owner, name, None)
-        if isinstance(current, _MeteredResource):
-            if name in vars(owner):
-                return True
-            current = current.original  # (a subclass's own resource is metered by its own hook)
-        if type(current) is not functools.cached_property:
-            return False
-        type.__setattr__(owner, name, _MeteredResource(current, client_of, meter_it))
-    return True
-
-
-def _copy_hook(original: Callable[..., Any], adapter: OpenAIAdapter) -> Callable[..., Any]:
-    """``original`` (a client class's ``copy`` / ``with_options``), whose copy of a wrapped
-    client is wrapped too, with the same meter, attribution and provider."""
-
-    @functools.wraps(original)
-    def copy_metered(self: Any, *args: Any, **kwargs: Any) -> Any:
-        new = original(self, *args, **kwargs)
-        w = _WRAPPED.get(self)
-        return new if w is None else adapter.wrap(w.meter, new, w.attribution, w.provider)
-
-    copy_metered._jevons_copy_hook = True  # type: ignore[attr-defined]
-    return copy_metered
-
-
 class OpenAIAdapter:
-    """Wraps a client by copying it (``fresh_copy``) and registering the copy in ``_WRAPPED``:
-    the hooks set once on the SDK's classes (its resources, ``copy`` / ``with_options``, the
-    retry method) meter what a registered client does and leave every other client alone. The
-    copy thus has the same attributes as any client of its class; see ``_MeteredResource`` for
-    why that matters."""
+    """Wraps a client by copying it (``fresh_copy``) and registering the copy
+    (``register_wrapped``): hooks set once on the SDK's classes (its cached resources,
+    ``copy`` / ``with_options``, the retry method) meter what a registered client does and
+    leave every other client alone, so the copy has the attributes of any client of its class
+    (why: ``adapters.MeteredResource``)."""
 
     name = "openai"
 
@@ -621,7 +532,7 @@ class OpenAIAdapter:
         return isinstance(client, (openai.OpenAI, openai.AsyncOpenAI))
 
     def wrap(self, meter: Meter, client: T, attribution: Attribution, provider: str | None) -> T:
-        previous = _WRAPPED.get(client)
+        previous = WRAPPED.get(client)
         if previous is not None:  # wrapping a wrapped client: re-wrap its original, once
             rewrapped: T = self.wrap(meter, previous.original, attribution.over(previous.attribution),
                                      provider or previous.provider)
@@ -631,37 +542,25 @@ class OpenAIAdapter:
 
         is_async = isinstance(client, openai.AsyncOpenAI)
         new = fresh_copy(client)
-        retries_hooked = watch_retries(new)
-        w = _Wrapped(meter, client, attribution, provider, prov,
-                     prov if prov in PROVIDER_MODULES else "openai", is_async, retries_hooked)
-        _WRAPPED[new] = w
-        cls = type(new)
-        self._hook_copies(cls)
+        setup = _Setup(prov, prov if prov in PROVIDER_MODULES else "openai", is_async, watch_retries(new))
+        register_wrapped(new, Wrapped(self, meter, client, attribution, provider, setup))
         chat_class: Any = None
         with contextlib.suppress(ImportError):
             from openai.resources.chat import AsyncChat, Chat
 
             chat_class = AsyncChat if is_async else Chat
-        hooked = chat_class is not None and _hook_resource(chat_class, "completions", _client_of,
-                                                           _meter_chat_completions)
-        if not hooked:
+        if chat_class is None or not hook_resource(chat_class, "completions", client_of_resource,
+                                                   _meter_chat_completions):
             chat = getattr(getattr(new, "chat", None), "completions", None)
             if chat is not None:
-                _meter_resource(chat, new, _meter_chat_completions)
+                meter_resource(chat, new, _meter_chat_completions)
         for name, meter_it in (("responses", _meter_responses), ("completions", _meter_completions),
                                ("embeddings", _meter_embeddings)):
-            if not _hook_resource(cls, name, _itself, meter_it):
+            if not hook_resource(type(new), name, client_itself, meter_it):
                 resource = getattr(new, name, None)
                 if resource is not None:
-                    _meter_resource(resource, new, meter_it)
+                    meter_resource(resource, new, meter_it)
         return new
-
-    def _hook_copies(self, cls: type[Any]) -> None:
-        with _LOCK:
-            for name in ("copy", "with_options"):
-                current = getattr(cls, name, None)
-                if callable(current) and not getattr(current, "_jevons_copy_hook", False):
-                    type.__setattr__(cls, name, _copy_hook(current, self))
 
 
 def gateway_cost(block: Any) -> Decimal | None:
