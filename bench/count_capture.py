@@ -135,7 +135,8 @@ def main() -> int:
         totals, get_method = read_counts(out / f"{client}.out")
         per_call = [totals.get(e, 0) / args.rounds for e in EVENTS]
         rows[client] = [*per_call, get_method / args.rounds]
-    print(f"per call, {args.rounds} calls of each client counted (callgrind; the columns: {', '.join(EVENTS)}, "
+    columns = ", ".join(EVENTS)
+    print(f"per call, {args.rounds} calls of each client counted (callgrind; the columns: {columns}, "
           "generic method lookups)")
     base = rows.get("unwrapped")
     for client, row in rows.items():
