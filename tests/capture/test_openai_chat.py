@@ -536,3 +536,26 @@ def test_wrapping_a_wrapped_client_meters_once(replay: ReplayServer, meter: Mete
     events = meter.events()
     assert len(events) == 2
     assert all((e.customer, e.feature) == ("acme", "f") for e in events)
+
+
+def test_a_resource_first_used_by_many_threads_at_once_is_metered_once(
+        replay: ReplayServer, meter: Meter) -> None:
+    # the class hook meters a wrapped client's resource as it is made; threads racing to make
+    # it get one resource, metered once: a create wrapped twice would record each call twice
+    replay.on("/v1/responses", "openai/responses_basic")
+    client = meter.wrap(client_for(replay), customer="acme")
+    start = threading.Barrier(8)
+    seen: list[object] = []
+
+    def first_use() -> None:
+        start.wait()
+        seen.append(client.responses)
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(r) for r in seen}) == 1
+    client.responses.create(model="gpt-4o-mini", input="hi")
+    assert [e.customer for e in meter.events()] == ["acme"]
