@@ -26,7 +26,7 @@ attributes (``patch_method``), so the caller's original client stays unmetered a
 one client with different attribution do not interfere. The SDK's own stream objects are kept:
 ``patch_stream`` swaps the stream's internal iterator for an observing one.
 On Stainless SDKs (OpenAI, Anthropic) the copy gets no names of its own: ``register_wrapped``
-records it, and hooks set once on the SDK's classes (``hook_resource`` for its cached
+records it, and hooks set once on the SDK's classes (``meter_resources``, which hooks its cached
 resources, ``hook_copies``, ``install_retry_hook``) meter what a registered client does and
 leave every other client of the class alone (why: ``MeteredResource``).
 
@@ -84,7 +84,16 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -112,8 +121,6 @@ __all__ = [
     "Wrapped",
     "aiterate_in_call",
     "awaited_with_bundle",
-    "client_itself",
-    "client_of_resource",
     "find_adapter",
     "fresh_copy",
     "hook_copies",
@@ -123,6 +130,7 @@ __all__ = [
     "instrument",
     "iterate_in_call",
     "meter_resource",
+    "meter_resources",
     "observe_async",
     "observe_sync",
     "patch_method",
@@ -795,11 +803,11 @@ def meter_resource(resource: Any, client: Any, meter_it: Callable[[Any, Wrapped]
         w.meter._error(exc, "wrap")
 
 
-def client_itself(client: Any) -> Any:
+def _client_itself(client: Any) -> Any:
     return client
 
 
-def client_of_resource(resource: Any) -> Any:
+def _client_of_resource(resource: Any) -> Any:
     """The client of a Stainless resource (``client.chat`` for ``client.chat.completions``)."""
     return getattr(resource, "_client", None)
 
@@ -849,6 +857,28 @@ def hook_resource(owner: type[Any], name: str, client_of: Callable[[Any], Any],
             return False
         type.__setattr__(owner, name, MeteredResource(current, client_of, meter_it))
     return True
+
+
+def meter_resources(client: Any, path: str, meter_it: Callable[[Any, Wrapped], None],
+                    owners: Sequence[type[Any]] | None = None) -> None:
+    """Meter the resource at ``path`` of a registered wrapped ``client`` (``"responses"``, or one
+    level down, ``"chat.completions"``) with ``meter_it``. Where it is a cached resource of the
+    class holding it (``owners``: those classes; by default the client's own), the class is
+    hooked (``hook_resource``) and the resource is metered as it is made, so the copy gets no
+    name it would not have unwrapped; otherwise (made in ``__init__``, another SDK version) the
+    client's own is reached and metered now."""
+    *parents, name = path.split(".")
+    client_of = _client_of_resource if parents else _client_itself
+    hooked = [hook_resource(owner, name, client_of, meter_it)
+              for owner in (owners if owners is not None else [type(client)])]
+    if hooked and all(hooked):
+        return
+    resource = client
+    for part in path.split("."):
+        resource = getattr(resource, part, None)
+        if resource is None:
+            return
+    meter_resource(resource, client, meter_it)
 
 
 def _copy_hook(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -40,12 +40,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from jevons.capture.adapters import (
     MethodSpec,
     Wrapped,
-    client_itself,
-    client_of_resource,
     fresh_copy,
-    hook_resource,
     instrument,
-    meter_resource,
+    meter_resources,
     patch_method,
     patch_stream,
     register_adapter,
@@ -376,13 +373,9 @@ class AnthropicAdapter:
         setup = _Setup(prov, call_spec, deferred_spec, watch_retries(new))
         register_wrapped(new, Wrapped(self, meter, client, attribution, provider, setup))
         # ``messages`` is a cached resource of ``Anthropic``, made in ``__init__`` by
-        # ``AnthropicBedrock`` (``fresh_copy`` made the copy its own): hooked on the class, or
-        # metered on the copy
-        if not hook_resource(type(new), "messages", client_itself, _meter_messages):
-            messages = getattr(new, "messages", None)
-            if messages is not None:
-                meter_resource(messages, new, _meter_messages)
-        # ``beta`` likewise (``AnthropicBedrock``'s is a class of its own), and its ``messages``
+        # ``AnthropicBedrock`` (``fresh_copy`` made the copy its own); ``beta`` likewise, and
+        # ``AnthropicBedrock``'s is a class of its own
+        meter_resources(new, "messages", _meter_messages)
         beta_classes: list[type[Any]] = []
         if isinstance(inspect.getattr_static(type(new), "beta", None), functools.cached_property):
             with contextlib.suppress(ImportError):
@@ -392,11 +385,7 @@ class AnthropicAdapter:
         else:
             own_beta = getattr(new, "beta", None)
             beta_classes = [] if own_beta is None else [type(own_beta)]
-        hooked = [hook_resource(cls, "messages", client_of_resource, _meter_messages) for cls in beta_classes]
-        if not (hooked and all(hooked)):
-            beta_messages = getattr(getattr(new, "beta", None), "messages", None)
-            if beta_messages is not None:
-                meter_resource(beta_messages, new, _meter_messages)
+        meter_resources(new, "beta.messages", _meter_messages, beta_classes)
         return new
 
 

@@ -41,12 +41,9 @@ from jevons.capture.adapters import (
     MethodSpec,
     Wrapped,
     awaited_with_bundle,
-    client_itself,
-    client_of_resource,
     fresh_copy,
-    hook_resource,
     instrument,
-    meter_resource,
+    meter_resources,
     patch_method,
     patch_stream,
     register_adapter,
@@ -544,22 +541,15 @@ class OpenAIAdapter:
         new = fresh_copy(client)
         setup = _Setup(prov, prov if prov in PROVIDER_MODULES else "openai", is_async, watch_retries(new))
         register_wrapped(new, Wrapped(self, meter, client, attribution, provider, setup))
-        chat_class: Any = None
+        chat_classes: list[type[Any]] = []
         with contextlib.suppress(ImportError):
             from openai.resources.chat import AsyncChat, Chat
 
-            chat_class = AsyncChat if is_async else Chat
-        if chat_class is None or not hook_resource(chat_class, "completions", client_of_resource,
-                                                   _meter_chat_completions):
-            chat = getattr(getattr(new, "chat", None), "completions", None)
-            if chat is not None:
-                meter_resource(chat, new, _meter_chat_completions)
-        for name, meter_it in (("responses", _meter_responses), ("completions", _meter_completions),
-                               ("embeddings", _meter_embeddings)):
-            if not hook_resource(type(new), name, client_itself, meter_it):
-                resource = getattr(new, name, None)
-                if resource is not None:
-                    meter_resource(resource, new, meter_it)
+            chat_classes = [AsyncChat if is_async else Chat]
+        meter_resources(new, "chat.completions", _meter_chat_completions, chat_classes)
+        meter_resources(new, "responses", _meter_responses)
+        meter_resources(new, "completions", _meter_completions)
+        meter_resources(new, "embeddings", _meter_embeddings)
         return new
 
 
