@@ -293,8 +293,7 @@ def token_list_numerators(
     :func:`token_list_charge`."""
     digits = max(0, *(-int(r.normalize().as_tuple().exponent) for r in usd_per_mtok.values()))
     ints = {d: int(r.scaleb(digits)) for d, r in usd_per_mtok.items()}
-    import numpy as np  # (the batch rater's: numpy is loaded)
-
+    np = _numpy()  # (the batch rater's: numpy is loaded)
     most = sum(int(np.max(c, initial=0)) * abs(ints[d]) for d, c in buckets.items())
     kind: Any = np.int64 if most < 2**62 else object  # Python ints when int64 could overflow
     total: Any = 0
